@@ -1,0 +1,252 @@
+"""
+A block-diffusion language model in one file (SDAR / BD3-LM family).
+
+A bidirectional transformer whose attention is block-causal: token i sees token j iff j // B <= i // B, with B the
+diffusion block size. It is a denoiser, not a next-token predictor: the output at position i predicts the clean token at
+position i. Training reads the noised sequence x_t and the clean sequence x_0 side by side (length 2L) so that one pass
+denoises every block against its clean prefix; inference denoises one block at a time against a KV cache of finished
+blocks. Attention is FlexAttention (compiled) for the training layout on CUDA and SDPA everywhere else; both take their
+mask from the same predicate.
+"""
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 19    # ordinary tokens + <eos> + <mask>
+    mask_id: int = 18       # the [MASK] token id (part of the vocabulary)
+    seq_len: int = 96       # L: the context length
+    block_size: int = 8     # B: the diffusion block size; must divide seq_len
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        problems = [msg for bad, msg in [
+            (self.block_size < 1 or self.seq_len % self.block_size, f'block_size={self.block_size} must divide seq_len={self.seq_len}'),
+            (self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2, f'n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size'),
+            (not 0 <= self.mask_id < self.vocab_size, f'mask_id={self.mask_id} must be a token id below vocab_size={self.vocab_size}'),
+        ] if bad]
+        if problems:
+            raise ValueError('bad model config: ' + '; '.join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention masks. Each is one predicate (b, h, q, kv) -> bool over tensors, used by FlexAttention as a mask_mod and
+# evaluated on broadcast index grids to get SDPA's dense boolean mask; built once per shape and cached.
+
+def training_mask_mod(seq_len, block_size):
+    """SPEC §2: x_t (positions < L) sees its own noised block and the clean earlier blocks; x_0 is block-causal."""
+    L, B = seq_len, block_size
+
+    def mask_mod(b, h, q, kv):
+        q0, k0 = q >= L, kv >= L
+        bq, bk = (q % L) // B, (kv % L) // B
+        return (~q0 & ~k0 & (bq == bk)) | (~q0 & k0 & (bk < bq)) | (q0 & k0 & (bk <= bq))
+    return mask_mod
+
+
+def block_causal_mask_mod(block_size, q_offset):
+    """Queries at absolute positions q_offset + q see keys at positions kv (from 0) of the same or an earlier block."""
+    def mask_mod(b, h, q, kv):
+        return kv // block_size <= (q + q_offset) // block_size
+    return mask_mod
+
+
+def dense_mask(mask_mod, n_q, n_kv, device):
+    return mask_mod(None, None, torch.arange(n_q, device=device)[:, None], torch.arange(n_kv, device=device)[None, :])
+
+
+@torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
+@functools.lru_cache(maxsize=None)
+def training_mask(seq_len, block_size, device, use_flex):
+    """The 2L x 2L training mask: a FlexAttention BlockMask (CUDA) or a dense bool tensor (CPU)."""
+    mod, n = training_mask_mod(seq_len, block_size), 2 * seq_len
+    if use_flex:
+        return create_block_mask(mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
+    return dense_mask(mod, n, n, device)
+
+
+@torch.compiler.disable
+@functools.lru_cache(maxsize=None)
+def inference_mask(n_q, q_offset, block_size, device):
+    """Mask of a chunk of n_q tokens starting at q_offset against the cache plus itself; None where all is visible
+    (one block against finished blocks: the common case, where SDPA then needs no mask at all)."""
+    mask = dense_mask(block_causal_mask_mod(block_size, q_offset), n_q, q_offset + n_q, device)
+    return None if bool(mask.all()) else mask
+
+
+_compiled_flex = torch.compile(flex_attention, dynamic=False)  # flex_attention is only fused when compiled
+
+
+def attention(q, k, v, mask):
+    """Scaled dot-product attention under a mask: None (all visible), a dense bool tensor or a flex BlockMask."""
+    if isinstance(mask, BlockMask):
+        return _compiled_flex(q, k, v, block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The transformer
+
+def apply_rope(x, cos, sin):
+    """Rotary position embedding on (b, h, n, d) with cos/sin of shape (n, d/2): rotate channel pairs (i, i + d/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class KVCache:
+    """Keys and values of the finished blocks, one (k, v) pair per layer. forward() reads it, and appends the chunk
+    it runs to it when called with write_cache=True (once per finished block)."""
+
+    def __init__(self, n_layer):
+        self.kv = [None] * n_layer
+        self.length = 0
+
+    def extend(self, layer, k, v, write):
+        """(cache ⊕ k, cache ⊕ v) for this layer; stored back when write is set."""
+        if self.kv[layer] is not None:
+            k, v = torch.cat((self.kv[layer][0], k), dim=2), torch.cat((self.kv[layer][1], v), dim=2)
+        if write:
+            self.kv[layer] = (k, v)
+        return k, v
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg, layer):
+        super().__init__()
+        self.layer, self.n_head = layer, cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, mask, cache, write_cache):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.extend(self.layer, k, v, write_cache)
+        y = attention(q, k, v, mask).transpose(1, 2).reshape(b, n, d)
+        return self.dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer):
+        super().__init__()
+        self.norm1, self.attn = nn.RMSNorm(cfg.n_embd), SelfAttention(cfg, layer)
+        self.norm2, self.mlp = nn.RMSNorm(cfg.n_embd), MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache, write_cache):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, write_cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class BlockDiffusionLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # E: also read by rcd.py to build soft tokens
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input/output embeddings
+        head_dim = cfg.n_embd // cfg.n_head
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        angles = torch.outer(torch.arange(cfg.seq_len).float(), inv_freq)
+        self.register_buffer('rope_cos', angles.cos(), persistent=False)
+        self.register_buffer('rope_sin', angles.sin(), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections by depth
+            if name.endswith('proj.weight'):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x_t, x0=None, delta=None, cache=None, write_cache=False):
+        """Logits (b, n, V) for the tokens x_t (b, n).
+        Training (x0 given, n = L): reads x_t ⊕ x0 under the §2 mask; both halves use positions 0..L-1.
+        Inference (no x0): x_t is a chunk of whole blocks that starts where `cache` ends (at 0 without a cache);
+        it attends to the cache and, block-causally, to itself. write_cache=True appends its keys/values.
+        delta (b, n, d), optional: added to x_t's input embeddings (the hook RCD injects residuals through)."""
+        b, n = x_t.shape
+        start = cache.length if cache is not None else 0
+        if start + n > self.cfg.seq_len:
+            raise ValueError(f'positions {start}..{start + n - 1} exceed the model context seq_len={self.cfg.seq_len}')
+        if x0 is not None:
+            mask = training_mask(n, self.cfg.block_size, x_t.device, x_t.is_cuda)
+            pos = torch.arange(n, device=x_t.device).repeat(2)
+        else:
+            mask = inference_mask(n, start, self.cfg.block_size, x_t.device)
+            pos = torch.arange(start, start + n, device=x_t.device)
+        h = self.wte(x_t) if delta is None else self.wte(x_t) + delta.to(self.wte.weight.dtype)
+        if x0 is not None:
+            h = torch.cat((h, self.wte(x0)), dim=1)
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        for block in self.blocks:
+            h = block(h, cos, sin, mask, cache, write_cache)
+        if cache is not None and write_cache:
+            cache.length += n
+        return self.lm_head(self.norm(h[:, :n]))  # logits only for x_t (the x0 half only serves as context)
+
+    def configure_optimizer(self, weight_decay, lr, betas, device_type):
+        """AdamW; weight decay on matrices only (not norms)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == 'cuda')
+
+    def flops_per_sequence(self):
+        """Useful FLOPs of one training sequence, forward + backward (the x_t ⊕ x0 layout, counted honestly):
+        6 FLOPs per parameter per token for the 2L tokens through the transformer body, the output head on the
+        L tokens of x_t only, and 12·d FLOPs per layer for each (query, key) pair the mask allows: L·(L + B) pairs,
+        about a quarter of the (2L)² grid."""
+        c, L = self.cfg, self.cfg.seq_len
+        body = 12 * c.n_layer * c.n_embd ** 2
+        return 6 * body * 2 * L + 6 * c.vocab_size * c.n_embd * L + 12 * c.n_layer * c.n_embd * L * (L + c.block_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The masked block-diffusion objective (SPEC §3)
+
+def add_noise(x0, prompt_mask, block_size, mask_id, t_min, t_max, generator):
+    """x_t: each block of each row draws a rate t in (t_min, t_max] and masks each non-prompt token with probability t.
+    Returns (x_t, masked positions, per-token rate t)."""
+    b, L = x0.shape
+    u = torch.rand(b, L // block_size, device=x0.device, generator=generator)
+    t = (t_max - (t_max - t_min) * u).repeat_interleave(block_size, dim=1)  # 1 - u lies in (0, 1]
+    masked = (torch.rand(b, L, device=x0.device, generator=generator) < t) & ~prompt_mask
+    return torch.where(masked, mask_id, x0), masked, t
+
+
+def diffusion_loss(logits, x0, masked, t, prompt_mask, weighting):
+    """Cross-entropy of the clean tokens at masked positions. 'elbo': each weighted by 1/t, summed, divided by the
+    number of noisable tokens (the diffusion ELBO per token); 'mean': plain mean over masked positions."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction='none').view_as(x0)
+    ce = ce * masked
+    if weighting == 'elbo':
+        return (ce / t).sum() / (~prompt_mask).sum().clamp(min=1)
+    return ce.sum() / masked.sum().clamp(min=1)

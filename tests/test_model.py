@@ -1,0 +1,145 @@
+"""Masks against brute-force predicates, attention back ends, the KV cache, the autoregressive special case, the loss."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from model import (BlockDiffusionLM, KVCache, ModelConfig, add_noise, attention, diffusion_loss, inference_mask,
+                   training_mask, training_mask_mod)
+
+CPU = torch.device('cpu')
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    args = dict(vocab_size=11, mask_id=10, seq_len=24, block_size=4, n_layer=2, n_head=2, n_embd=32)
+    return BlockDiffusionLM(ModelConfig(**{**args, **kw})).eval()
+
+
+@pytest.mark.parametrize('L,B', [(12, 4), (16, 16), (8, 1), (24, 8)])
+def test_training_mask_matches_spec(L, B):
+    mask = training_mask(L, B, CPU, False)
+    for q in range(2 * L):
+        for k in range(2 * L):
+            q_clean, k_clean = q >= L, k >= L
+            bq, bk = (q % L) // B, (k % L) // B
+            if not q_clean and not k_clean:
+                want = bq == bk          # x_t sees its own noised block
+            elif not q_clean and k_clean:
+                want = bk < bq           # ... and the clean blocks before it
+            elif q_clean and k_clean:
+                want = bk <= bq          # x_0 is block-causal
+            else:
+                want = False             # x_0 never sees x_t
+            assert bool(mask[q, k]) == want, (q, k)
+    assert mask.float().sum() == L * (L + B)  # the pair count flops_per_sequence() assumes
+
+
+@pytest.mark.parametrize('n_q,offset,B', [(12, 0, 4), (4, 8, 4), (8, 8, 4), (5, 0, 1), (6, 3, 3)])
+def test_inference_mask_is_block_causal(n_q, offset, B):
+    mask = inference_mask(n_q, offset, B, CPU)
+    want = torch.tensor([[k // B <= (offset + q) // B for k in range(offset + n_q)] for q in range(n_q)])
+    if want.all():
+        assert mask is None  # fully visible: SDPA runs without a mask
+    else:
+        assert torch.equal(mask, want)
+
+
+def test_block_size_one_is_causal():
+    assert torch.equal(inference_mask(10, 0, 1, CPU), torch.ones(10, 10, dtype=torch.bool).tril())
+    m = training_mask(6, 1, CPU, False)
+    assert torch.equal(m[:6, :6], torch.eye(6, dtype=torch.bool))              # x_t token sees only itself ...
+    assert torch.equal(m[:6, 6:], torch.ones(6, 6, dtype=torch.bool).tril(-1))  # ... and the clean strict prefix
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='CUDA only'))])
+def test_flex_attention_agrees_with_sdpa(device):
+    L, B = 64, 8
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 2 * L, 16, device=device) for _ in range(3))
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=training_mask(L, B, torch.device(device), False))
+    if device == 'cuda':  # the model's own path: compiled FlexAttention with the cached BlockMask
+        flex = attention(q, k, v, training_mask(L, B, torch.device(device), True))
+    else:  # FlexAttention runs (unfused) on CPU too: the same predicate drives both back ends
+        flex = flex_attention(q, k, v, block_mask=create_block_mask(training_mask_mod(L, B), None, None, 2 * L, 2 * L,
+                                                                    device='cpu'))
+    assert torch.allclose(flex, dense, atol=2e-5 if device == 'cpu' else 2e-3)
+
+
+def test_kv_cache_matches_full_forward():
+    model = tiny_model()
+    x = torch.randint(0, 10, (3, 24))
+    full = model(x)
+    cache = KVCache(model.cfg.n_layer)
+    first = model(x[:, :8], cache=cache, write_cache=True)  # a two-block chunk (block-causal inside)
+    second = model(x[:, 8:12], cache=cache)                  # one block read against the cache, not stored
+    assert cache.length == 8
+    third = model(x[:, 8:12], cache=cache, write_cache=True)
+    assert cache.length == 12
+    assert torch.allclose(first, full[:, :8], atol=1e-5)
+    assert torch.allclose(second, full[:, 8:12], atol=1e-5) and torch.allclose(third, second)
+
+
+def test_training_logits_equal_per_block_inference():
+    """SPEC §2: the x_t ⊕ x0 pass equals denoising each block separately with its clean prefix."""
+    model = tiny_model()
+    x0 = torch.randint(0, 10, (2, 24))
+    x_t = torch.where(torch.rand(2, 24) < 0.5, 10, x0)
+    train_logits = model(x_t, x0)
+    for blk in range(6):
+        s, e = 4 * blk, 4 * blk + 4
+        ref = model(torch.cat((x0[:, :s], x_t[:, s:e]), dim=1))[:, s:e]
+        assert torch.allclose(train_logits[:, s:e], ref, atol=1e-5), blk
+
+
+def test_delta_is_added_to_input_embeddings():
+    model = tiny_model()
+    x = torch.randint(0, 10, (1, 8))
+    delta = torch.zeros(1, 8, 32)
+    delta[0, 5] = torch.randn(32)
+    injected = model(x, delta=delta)
+    hook = model.wte.register_forward_hook(lambda mod, inp, out: out + delta)  # the same, done by hand
+    by_hand = model(x)
+    hook.remove()
+    assert torch.allclose(injected, by_hand, atol=1e-6)
+    assert torch.allclose(injected[0, :4], model(x)[0, :4])  # block 0 does not see position 5
+    assert not torch.allclose(injected[0, 4:], model(x)[0, 4:])
+
+
+def test_bad_block_size_is_a_clear_error():
+    with pytest.raises(ValueError, match='block_size=5 must divide seq_len=24'):
+        ModelConfig(seq_len=24, block_size=5)
+
+
+def test_add_noise_never_masks_the_prompt_and_follows_the_rate():
+    x0 = torch.randint(0, 10, (64, 96))
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    prompt[:, :20] = True
+    g = torch.Generator().manual_seed(0)
+    x_t, masked, t = add_noise(x0, prompt, 8, 10, 0.3, 0.8, g)
+    assert not masked[:, :20].any() and torch.equal(x_t == 10, masked)
+    assert ((t > 0.3) & (t <= 0.8)).all() and (t.view(64, 12, 8) == t.view(64, 12, 8)[..., :1]).all()  # one t per block
+    assert abs(masked[:, 20:].float().mean().item() - 0.55) < 0.02
+
+
+def test_loss_on_a_hand_made_batch():
+    x0 = torch.tensor([[1, 2, 0, 1]])
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 1, 2] = math.log(3.0)  # p(2) = 3/5 at position 1
+    masked = torch.tensor([[False, True, True, False]])
+    t = torch.tensor([[0.5, 0.5, 0.25, 0.25]])
+    prompt = torch.tensor([[True, False, False, False]])
+    ce1, ce2 = -math.log(3 / 5), -math.log(1 / 3)  # position 1 (p = 3/5), position 2 (uniform over 3)
+    elbo = diffusion_loss(logits, x0, masked, t, prompt, 'elbo')
+    assert math.isclose(elbo.item(), (ce1 / 0.5 + ce2 / 0.25) / 3, rel_tol=1e-5)  # 3 noisable tokens
+    assert math.isclose(diffusion_loss(logits, x0, masked, t, prompt, 'mean').item(), (ce1 + ce2) / 2, rel_tol=1e-5)
+
+
+def test_flops_count():
+    cfg = ModelConfig(vocab_size=100, seq_len=32, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    L, d = 32, 16
+    want = 6 * (2 * 12 * d * d) * 2 * L + 6 * 100 * d * L + 12 * 2 * d * L * (L + 8)
+    assert BlockDiffusionLM(cfg).flops_per_sequence() == want

@@ -1,0 +1,71 @@
+"""Sampler invariants: the KV cache changes nothing, commit schedules, forward-pass counts, block size 1 is
+autoregressive decoding."""
+import pytest
+import torch
+
+from model import BlockDiffusionLM, ModelConfig
+from sample import commit_counts, generate
+
+MASK, EOS = 10, 9
+
+
+def tiny_model(block_size=4):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=11, mask_id=MASK, seq_len=32, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
+    return BlockDiffusionLM(cfg).eval()
+
+
+def test_commit_counts():
+    assert commit_counts(8, 1) == [1] * 8
+    assert commit_counts(8, 3) == [3, 3, 2]
+    assert commit_counts(7, 2) == [2, 2, 2, 1]
+    assert commit_counts(5, 8) == [5]
+
+
+@pytest.mark.parametrize('rule', [dict(tokens_per_step=1), dict(tokens_per_step=3), dict(threshold=0.3),
+                                  dict(tokens_per_step=2, temperature=1.0)])
+def test_kv_cache_gives_the_same_tokens(rule):
+    model = tiny_model()
+    prompt = torch.randint(0, 9, (3, 6))
+    outs = [generate(model, prompt, 20, use_cache=c, generator=torch.Generator().manual_seed(1), **rule)
+            for c in (True, False)]
+    assert torch.equal(outs[0][0], outs[1][0])
+
+
+def test_static_rule_invariants_and_pass_count():
+    model = tiny_model()
+    prompt = torch.randint(0, 9, (2, 6))  # blocks of 4: prompt fills block 0 and half of block 1
+    out, passes = generate(model, prompt, 18, tokens_per_step=2)
+    assert torch.equal(out[:, :6], prompt) and not (out == MASK).any() and out.shape == (2, 24)
+    # block 1: 2 masks -> 1 step; blocks 2..5: 4 masks -> 2 steps each; a cache fill after every block but the last
+    assert passes.tolist() == [1 + 4 * 2 + 4] * 2
+
+
+def test_threshold_one_commits_one_token_per_step():
+    model = tiny_model()
+    out, passes = generate(model, torch.randint(0, 9, (2, 4)), 8, threshold=1.0)
+    assert passes.tolist() == [4 + 1 + 4] * 2 and not (out == MASK).any()
+
+
+def test_rows_stop_after_their_eos_block():
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight.data[EOS] *= 0
+        model.lm_head.weight.data[EOS, 0] = 50.0  # make <eos> very likely wherever feature 0 is positive
+    out, passes = generate(model, torch.randint(0, 9, (4, 4)), 24, tokens_per_step=4, eos_id=EOS)
+    for row, n in zip(out.tolist(), passes.tolist()):
+        gen = row[4:]
+        first_eos_block = next(i // 4 for i, t in enumerate(gen) if t == EOS)
+        assert n == 2 * first_eos_block + 1  # one step per block + a fill per finished, non-final block
+
+
+def test_block_size_one_is_autoregressive_decoding():
+    model = tiny_model(block_size=1)
+    prompt = torch.randint(0, 9, (2, 3))
+    out, passes = generate(model, prompt, 7, tokens_per_step=1, use_cache=False)
+    x = prompt
+    for _ in range(7):  # greedy AR: each new position is read as [MASK] after the clean prefix, one at a time
+        logits = model(torch.cat((x, torch.full((2, 1), MASK)), dim=1))[:, -1]
+        logits[:, MASK] = float('-inf')
+        x = torch.cat((x, logits.argmax(-1, keepdim=True)), dim=1)
+    assert torch.equal(out, x) and passes.tolist() == [7, 7]

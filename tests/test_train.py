@@ -1,0 +1,125 @@
+"""Training end to end through the real scripts: loss goes down, checkpoints round-trip, resume is exact, bad input
+gets a clear message."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import trainer
+from conftest import TINY, run_script
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def train(tiny_reasoning, out_dir, *extra):
+    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64', f'--out_dir={out_dir}',
+                   *extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_training_lowers_the_loss_and_checkpoint_round_trips(tiny_reasoning, tmp_path):
+    out = str(tmp_path / 'run')
+    train(tiny_reasoning, out, '--max_iters=30', '--eval_interval=30', '--learning_rate=3e-3')
+    evals = [r for r in read_log(out) if 'val_loss' in r]
+    assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 0.3, evals
+    ckpt = trainer.load_checkpoint(os.path.join(out, 'ckpt.pt'))
+    assert ckpt['iter_num'] == 30 and ckpt['config']['max_iters'] == 30
+    model = trainer.build_model(ckpt['model_args'], ckpt['model']).eval()
+    path = str(tmp_path / 'again.pt')
+    trainer.save_checkpoint(dict(ckpt, model=model.state_dict()), path)
+    again = trainer.build_model(ckpt['model_args'], trainer.load_checkpoint(path)['model']).eval()
+    x = torch.randint(0, ckpt['meta']['vocab_size'], (2, 64))
+    assert torch.equal(model(x), again(x)) and torch.equal(model(x, x), again(x, x))
+    assert not os.path.exists(path + '.tmp')
+
+
+def test_resume_continues_with_identical_loss(tiny_reasoning, tmp_path):
+    full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
+    common = ['--eval_interval=3', '--always_save_checkpoint=True', '--lr_decay_iters=6']
+    train(tiny_reasoning, full, '--max_iters=6', *common)
+    train(tiny_reasoning, part, '--max_iters=3', *common)
+    train(tiny_reasoning, part, '--max_iters=6', '--init_from=resume', *common)
+    losses = lambda d: {r['iter']: r['loss'] for r in read_log(d) if 'loss' in r}  # noqa: E731
+    assert losses(full) == losses(part) and len(losses(full)) == 6
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--no_such_key=1'], "unknown key 'no_such_key'"),
+    (['--lerning_rate=0.1'], 'did you mean learning_rate'),
+    (['--batch_size=big'], "batch_size='big' in command line is a str; expected a int"),
+    (['--compile'], "flag '--compile' has no value"),
+    (['config/no_such_file.py'], "config file 'config/no_such_file.py' not found"),
+    (['--block_size=5'], 'block_size=5 must divide seq_len=64'),
+    (['--dataset=no_such_dataset'], "no dataset 'no_such_dataset'"),
+    (['--dataset=/no/such/dir'], "no dataset '/no/such/dir'"),
+    (['--seq_len=32'], 'has examples of 64 tokens: set --seq_len=64'),
+    (['--init_from=resume', '--out_dir=/no/such/run'], "checkpoint '/no/such/run/ckpt.pt' not found"),
+    (['--loss_weighting=l2'], "loss_weighting='l2' must be 'elbo' or 'mean'"),
+])
+def test_bad_input_is_a_clear_error(tiny_reasoning, tmp_path, args, message):
+    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
+                   f'--out_dir={tmp_path}', '--max_iters=1', *args)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+    assert 'Traceback' not in r.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / 'ckpt.pt'
+    bad.write_bytes(b'not a checkpoint')
+    r = run_script('sample.py', f'--ckpt={bad}', '--device=cpu')
+    assert r.returncode != 0 and 'is not a readable checkpoint' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
+    meta = trainer.load_dataset(tiny_reasoning)
+    with open(os.path.join(tiny_reasoning, 'test.pkl'), 'rb') as f:
+        test = pickle.load(f)
+    batches = trainer.Batches(meta, meta['row_len'], 8, torch.device('cpu'))
+    x0, prompt = batches.get('train', np.random.default_rng(0))
+    itos = meta['itos']
+    for row, p in zip(x0.tolist(), prompt.tolist()):
+        text = ''.join(itos[i] for i in row)
+        n_prompt = text.index('\n') + 1
+        assert p == [True] * n_prompt + [False] * (len(row) - n_prompt)  # prompt = up to its first newline
+        problem, solution = text[:n_prompt], text[n_prompt:].split('<eos>')[0]
+        terms = problem[:-3].replace('-', '+-').split('+')
+        assert solution.endswith(f'#### {sum(int(t) for t in terms)}\n')  # the answer line is right
+        assert problem not in {q for q, _ in test}  # held-out problems never appear in train
+    assert meta['mask_id'] == meta['vocab_size'] - 1 and meta['eos_id'] == meta['vocab_size'] - 2
+
+
+def test_shakespeare_prepare(tmp_path):
+    r = run_script('data/shakespeare_char/prepare.py')
+    assert r.returncode == 0, r.stderr
+    meta = trainer.load_dataset('shakespeare_char')
+    batches = trainer.Batches(meta, 64, 4, torch.device('cpu'))
+    x0, prompt = batches.get('val', np.random.default_rng(0))
+    assert x0.shape == (4, 64) and not prompt.any() and x0.max() < meta['eos_id']
+    assert 'HAMLET' in ''.join(meta['itos'][i] for i in np.fromfile(
+        os.path.join(trainer.dataset_dir('shakespeare_char'), 'train.bin'), dtype=np.uint16)[:200])
+
+
+def test_bpe_prepare_reads_local_files_and_fails_clearly_without_them(tmp_path):
+    import base64
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text('To be, or not to be: that is the question.\n' * 50)
+    r = run_script('data/text_bpe/prepare.py', f'--input={corpus}', f'--out_dir={tmp_path}')
+    assert r.returncode != 0 and 'GPT-2 BPE files are needed' in r.stderr and 'Traceback' not in r.stderr
+    # a byte-level stand-in for gpt2.tiktoken (the same file format: base64 token, rank)
+    bpe = tmp_path / 'bytes.tiktoken'
+    bpe.write_text(''.join(f'{base64.b64encode(bytes([i])).decode()} {i}\n' for i in range(256)))
+    r = run_script('data/text_bpe/prepare.py', f'--input={corpus}', f'--bpe_path={bpe}', f'--out_dir={tmp_path}')
+    assert r.returncode == 0, r.stderr
+    meta = trainer.load_dataset(str(tmp_path))
+    assert (meta['eos_id'], meta['mask_id'], meta['vocab_size']) == (256, 257, 258)
+    ids = np.fromfile(tmp_path / 'train.bin', dtype=np.uint16)
+    from data.tokenizer import Tokenizer
+    assert Tokenizer(meta).decode(ids[:10].tolist()) == 'To be, or '

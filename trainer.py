@@ -1,0 +1,236 @@
+"""
+What both training stages share: device setup, data batches, the learning-rate schedule, checkpoints, evaluation,
+logging and the loop itself. train_stage1.py and train_stage2.py differ only in how they build their models and in
+their loss function, which they hand to train().
+"""
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import BlockDiffusionLM, ModelConfig
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def fail(msg):
+    raise SystemExit(f'error: {msg}')
+
+
+def setup_device(device, dtype):
+    """'auto' picks CUDA when present. Returns (torch.device, autocast context): bf16 autocast on CUDA, none on CPU."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        fail(f"device='{device}' but CUDA is not available here; use --device=cpu")
+    device = torch.device(device)
+    if dtype == 'auto':
+        dtype = 'bfloat16' if device.type == 'cuda' else 'float32'
+    if dtype not in ('bfloat16', 'float32'):
+        fail(f"dtype='{dtype}' is not supported; use 'bfloat16', 'float32' or 'auto'")
+    if dtype == 'float32':
+        return device, nullcontext()
+    return device, torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def dataset_dir(dataset):
+    """A dataset is a name under data/ ('reasoning') or a path to a directory ('/tmp/my_data')."""
+    return dataset if os.sep in dataset else os.path.join(ROOT, 'data', dataset)
+
+
+def load_dataset(dataset):
+    """The meta dict of a dataset, running its prepare.py first if train.bin is missing."""
+    data_dir = dataset_dir(dataset)
+    if not os.path.isdir(data_dir):
+        have = sorted(d for d in os.listdir(os.path.join(ROOT, 'data')) if os.path.isfile(os.path.join(ROOT, 'data', d, 'prepare.py')))
+        fail(f"no dataset '{dataset}': {data_dir} is not a directory (datasets under data/: {', '.join(have)})")
+    prepare = os.path.join(data_dir, 'prepare.py')
+    if not os.path.isfile(os.path.join(data_dir, 'train.bin')) and os.path.isfile(prepare):
+        print(f'{data_dir}/train.bin is missing: running {prepare}')
+        if subprocess.run([sys.executable, prepare]).returncode != 0:
+            fail(f'{prepare} failed (see above); run it by hand with the arguments it needs')
+    for name in ('train.bin', 'val.bin', 'meta.pkl'):
+        if not os.path.isfile(os.path.join(data_dir, name)):
+            fail(f"dataset '{dataset}' has no {name} in {data_dir}")
+    with open(os.path.join(data_dir, 'meta.pkl'), 'rb') as f:
+        return dict(pickle.load(f), dataset=dataset)
+
+
+class Batches:
+    """Random training/validation sequences from data/<name>/{train,val}.bin (uint16, read through np.memmap).
+    Row datasets (meta has 'row_len') hold one example per row: a batch is a set of rows, and a row's prompt (up to
+    its first meta['prompt_sep_id']) is never noised. Other datasets are one token stream: a batch is random windows."""
+
+    def __init__(self, meta, seq_len, batch_size, device):
+        self.meta, self.seq_len, self.batch_size, self.device = meta, seq_len, batch_size, device
+        if 'row_len' in meta and meta['row_len'] != seq_len:
+            fail(f"dataset '{meta['dataset']}' has examples of {meta['row_len']} tokens: set --seq_len={meta['row_len']}")
+        for split in ('train', 'val'):
+            n = os.path.getsize(os.path.join(dataset_dir(meta['dataset']), f'{split}.bin')) // 2
+            if n <= seq_len:
+                fail(f"{split}.bin of dataset '{meta['dataset']}' has {n} tokens, fewer than seq_len={seq_len} + 1")
+
+    def get(self, split, rng):
+        """(x0, prompt_mask), both (batch_size, seq_len) on the device; rng (np.random.Generator) picks the examples."""
+        data = np.memmap(os.path.join(dataset_dir(self.meta['dataset']), f'{split}.bin'), dtype=np.uint16, mode='r')
+        L = self.seq_len
+        if 'row_len' in self.meta:
+            rows = rng.integers(0, len(data) // L, self.batch_size)
+            x0 = torch.from_numpy(np.stack([data[r * L:(r + 1) * L] for r in rows]).astype(np.int64))
+        else:
+            starts = rng.integers(0, len(data) - L, self.batch_size)
+            x0 = torch.from_numpy(np.stack([data[s:s + L] for s in starts]).astype(np.int64))
+        if self.device.type == 'cuda':
+            x0 = x0.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x0 = x0.to(self.device)
+        if 'prompt_sep_id' not in self.meta:
+            return x0, torch.zeros_like(x0, dtype=torch.bool)
+        sep = (x0 == self.meta['prompt_sep_id']).int()
+        return x0, (sep.cumsum(1) - sep) == 0  # no separator strictly before: the prompt, separator included
+
+
+def lr_at(it, c):
+    """Linear warm-up to learning_rate, then cosine decay to min_lr at lr_decay_iters."""
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    if it >= c.lr_decay_iters:
+        return c.min_lr
+    ratio = (it - c.warmup_iters) / (c.lr_decay_iters - c.warmup_iters)
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
+
+
+def save_checkpoint(ckpt, path):
+    """Write to a temporary file, then rename: an interrupted save never leaves a corrupt checkpoint behind."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.tmp'
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        fail(f"checkpoint '{path}' not found")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say so instead of a deep unpickling trace
+        fail(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {e})")
+    if not isinstance(ckpt, dict) or not {'model', 'model_args', 'meta'} <= ckpt.keys():
+        fail(f"'{path}' is not a nanoRCD checkpoint (needs model, model_args and meta)")
+    return ckpt
+
+
+def build_model(model_args, state_dict=None):
+    """A BlockDiffusionLM from its arguments (and weights); a bad architecture is a clear error."""
+    try:
+        model = BlockDiffusionLM(ModelConfig(**model_args))
+    except (ValueError, TypeError) as e:
+        fail(str(e))
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model
+
+
+def peak_flops(device):
+    """Datasheet dense bf16 peak of the GPU (FLOP/s), or None where unknown (then no MFU is shown)."""
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)):
+        if key in name:
+            return flops
+    return None
+
+
+def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
+    """The loop: warm-up/cosine learning rate, gradient accumulation, clipping, periodic eval and checkpoints,
+    a progress bar with loss, tokens/s and MFU, and one JSON line per log/eval in out_dir/log.jsonl.
+    loss_fn(model, x0, prompt_mask, generator) -> scalar loss. ckpt: what every checkpoint holds besides the
+    weights and optimizer (model_args, config, meta, ...); its iter_num / best_val_loss say where a resumed run is.
+    Every micro-batch draws its examples and noise from generators seeded by (seed, iteration), so a resumed run
+    sees exactly the batches the uninterrupted run would have."""
+    c = SimpleNamespace(**config)
+    fwd = torch.compile(model) if c.compile and device.type == 'cuda' else model
+    start = iter_num = ckpt.get('iter_num', 0)
+    best_val_loss = ckpt.get('best_val_loss', float('inf'))
+    noise_gen = torch.Generator(device=device)
+    log_path = os.path.join(c.out_dir, 'log.jsonl')
+    os.makedirs(c.out_dir, exist_ok=True)
+
+    def batch_and_noise(split, seed):
+        noise_gen.manual_seed(seed)
+        return (*batches.get(split, np.random.default_rng(seed)), noise_gen)
+
+    def log(record):
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+    @torch.no_grad()
+    def estimate_loss():
+        model.eval()
+        out = {}
+        for split in ('train', 'val'):
+            losses = []
+            for k in range(c.eval_iters):  # the same examples and noise at every eval: comparable numbers
+                with autocast:
+                    losses.append(loss_fn(fwd, *batch_and_noise(split, 10**9 + k)).item())
+            out[split] = sum(losses) / len(losses)
+        model.train()
+        return out
+
+    tokens_per_iter = c.batch_size * c.grad_accum_steps * c.seq_len
+    flops_per_iter = model.flops_per_sequence() * c.batch_size * c.grad_accum_steps
+    peak = peak_flops(device)
+    print(f'{model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per iteration; device {device}'
+          + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''))
+    pbar = tqdm(total=c.max_iters, initial=iter_num, desc=os.path.basename(c.out_dir), dynamic_ncols=True)
+    t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+    while True:
+        lr = lr_at(iter_num, c)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        if iter_num % c.eval_interval == 0 or iter_num == c.max_iters:
+            losses = estimate_loss()
+            tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
+            if iter_num > start and (losses['val'] < best_val_loss or c.always_save_checkpoint):
+                best_val_loss = min(best_val_loss, losses['val'])
+                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
+                            best_val_loss=best_val_loss)
+                save_checkpoint(ckpt, os.path.join(c.out_dir, 'ckpt.pt'))
+                tqdm.write(f"saved {os.path.join(c.out_dir, 'ckpt.pt')}")
+            t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)  # eval is not training time
+        if iter_num >= c.max_iters:
+            break
+        for micro in range(c.grad_accum_steps):
+            x0, prompt_mask, gen = batch_and_noise('train', c.seed * 1_000_003 + iter_num * c.grad_accum_steps + micro)
+            with autocast:
+                loss = loss_fn(fwd, x0, prompt_mask, gen) / c.grad_accum_steps
+            loss.backward()
+            loss_sum += loss.detach()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        pbar.update(1)
+        if iter_num % c.log_interval == 0:
+            lossf = loss_sum.item() / (iter_num - it_last)  # .item() waits for the GPU: time is measured after it
+            dt = (time.perf_counter() - t_last) / (iter_num - it_last)
+            mfu = flops_per_iter / dt / peak if peak else None
+            pbar.set_postfix_str(f'loss {lossf:.4f} | {tokens_per_iter / dt:,.0f} tok/s'
+                                 + (f' | MFU {100 * mfu:.1f}%' if mfu else '') + f' | lr {lr:.2e}')
+            log(dict(iter=iter_num, loss=lossf, lr=lr, ms_per_iter=1000 * dt, tokens_per_s=tokens_per_iter / dt,
+                     mfu=mfu))
+            t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+    pbar.close()
+    return best_val_loss
