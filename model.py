@@ -84,13 +84,16 @@ def inference_mask(n_q, q_offset, block_size, device):
     return None if bool(mask.all()) else mask
 
 
-_compiled_flex = torch.compile(flex_attention, dynamic=False)  # flex_attention is only fused when compiled
+@functools.cache
+def compiled_flex_attention():
+    """flex_attention is only fused when compiled; compiled on first use (importing the compiler costs seconds)."""
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def attention(q, k, v, mask):
     """Scaled dot-product attention under a mask: None (all visible), a dense bool tensor or a flex BlockMask."""
     if isinstance(mask, BlockMask):
-        return _compiled_flex(q, k, v, block_mask=mask)
+        return compiled_flex_attention()(q, k, v, block_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

@@ -153,13 +153,13 @@ if __name__ == '__main__':
         print(f'{rule}: accuracy {100 * acc:.1f}% on {n} test problems, {mean_passes:.1f} forward passes per answer, '
               f'{time.perf_counter() - t0:.1f}s (block_size {model.cfg.block_size})')
     else:
-        text = prompt.replace('\\n', '\n')
-        if not text and 'answer_prefix' in meta:  # reasoning: continue a few test prompts
+        texts = [prompt.replace('\\n', '\n')] * num_samples
+        if not prompt and 'answer_prefix' in meta:  # reasoning: the first few test problems
             with open(os.path.join(trainer.dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
-                text = pickle.load(f)[0][0]
-        ids = torch.tensor([tok.encode(text)] * num_samples, dtype=torch.long, device=dev)
-        with autocast:
-            out, n_pass = generate(model, ids, max_new_tokens or model.cfg.seq_len - ids.shape[1],
-                                   eos_id=meta['eos_id'], **decode)
-        for row, n in zip(out.tolist(), n_pass.tolist()):
-            print(f'--- {rule}, {n} forward passes\n{text}{tok.decode(row[ids.shape[1]:])}')
+                texts = [q for q, _ in pickle.load(f)[:num_samples]]
+        for text in texts:
+            ids = torch.tensor([tok.encode(text)], dtype=torch.long, device=dev)
+            with autocast:
+                out, n_pass = generate(model, ids, max_new_tokens or model.cfg.seq_len - ids.shape[1],
+                                       eos_id=meta['eos_id'], **decode)
+            print(f'--- {rule}, {int(n_pass)} forward passes\n{text}{tok.decode(out[0, ids.shape[1]:].tolist())}')

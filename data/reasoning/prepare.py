@@ -1,17 +1,19 @@
 """The embedded default dataset: chains of additions and subtractions, solved step by step.
 
     prompt    47+85-23+16=?
-    solution  47+85=132
-              132-23=109
-              109+16=125
+    solution  47-23=24
+              24+16=40
+              40+85=125
               #### 125
 
-Every example is one row of `row_len` tokens (prompt, solution, then <eos> padding), so a batch is a set of rows and the
-prompt of each row is everything up to its first newline. The answer line '#### N' is checked exactly by sample.py.
-Generated offline and deterministically from --seed; train, val and test problems are disjoint. Difficulty knobs:
---digits (operand size) and --min_terms/--max_terms (chain length, hence the number of solution lines).
+The solution starts from the first term and folds in the others one per line, in a random order (--order=random, the
+default) or left to right (--order=left). Every example is one row of `row_len` tokens (prompt, solution, then <eos>
+padding), so a batch is a set of rows and the prompt of each row is everything up to its first newline. The answer
+line '#### N' is checked exactly by sample.py. Generated offline and deterministically from --seed; train, val and test
+problems are disjoint. Difficulty knobs: --digits (operand size), --min_terms/--max_terms (chain length, hence the
+number of solution lines) and --order.
 
-    python data/reasoning/prepare.py [--digits=2 --min_terms=4 --max_terms=6 --n_train=300000 ...]
+    python data/reasoning/prepare.py [--digits=2 --min_terms=4 --max_terms=6 --order=random --n_train=300000 ...]
 """
 import argparse
 import os
@@ -28,18 +30,21 @@ CHARS = '0123456789+-=?#\n '
 ANSWER_PREFIX = '#### '
 
 
-def make_problem(rng, digits, min_terms, max_terms):
-    """(prompt, solution) of one random chain; subtraction only where the running value stays >= 0."""
+def make_problem(rng, digits, min_terms, max_terms, order):
+    """(prompt, solution) of one random chain of signed terms. The solution folds the terms into a running value one
+    line at a time: left to right (order='left'), or picking any remaining term next (order='random'), so that
+    several next lines are equally right. That ambiguity is what decoding many tokens at once gets wrong."""
     lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1
-    terms = [rng.randint(lo, hi) for _ in range(rng.randint(min_terms, max_terms))]
-    value, prompt, lines = terms[0], str(terms[0]), []
-    for t in terms[1:]:
-        op = rng.choice('+-') if value >= t else '+'
+    terms = [(rng.choice('+-'), rng.randint(lo, hi)) for _ in range(rng.randint(min_terms, max_terms))]
+    terms[0] = ('+', terms[0][1])
+    prompt = str(terms[0][1]) + ''.join(f'{op}{t}' for op, t in terms[1:]) + '=?\n'
+    value, rest, lines = terms[0][1], terms[1:], []
+    while rest:
+        op, t = rest.pop(rng.randrange(len(rest)) if order == 'random' else 0)
         new = value + t if op == '+' else value - t
-        prompt += f'{op}{t}'
         lines.append(f'{value}{op}{t}={new}\n')
         value = new
-    return prompt + '=?\n', ''.join(lines) + f'{ANSWER_PREFIX}{value}\n'
+    return prompt, ''.join(lines) + f'{ANSWER_PREFIX}{value}\n'
 
 
 def main():
@@ -47,6 +52,7 @@ def main():
     ap.add_argument('--digits', type=int, default=2)
     ap.add_argument('--min_terms', type=int, default=4)
     ap.add_argument('--max_terms', type=int, default=6)
+    ap.add_argument('--order', choices=('random', 'left'), default='random', help='order the solution folds terms in')
     ap.add_argument('--n_train', type=int, default=300_000)
     ap.add_argument('--n_val', type=int, default=2_000)
     ap.add_argument('--n_test', type=int, default=1_000)
@@ -64,7 +70,7 @@ def main():
             tries += 1
             if tries > 50 * n + 1000:
                 sys.exit(f'error: only {len(problems)} distinct {split} problems at this difficulty; lower --n_{split}')
-            prompt, solution = make_problem(rng, args.digits, args.min_terms, args.max_terms)
+            prompt, solution = make_problem(rng, args.digits, args.min_terms, args.max_terms, args.order)
             if prompt in seen:
                 continue
             if split != 'train':  # train may repeat its own problems, never a held-out one
@@ -75,7 +81,8 @@ def main():
     longest = max(len(p) + len(s) for probs in splits.values() for p, s in probs) + 1  # +1: at least one <eos>
     row_len = -(-longest // 32) * 32  # a multiple of 32, so every block size up to 32 divides it
     meta = char_meta(CHARS, row_len=row_len, prompt_sep_id=CHARS.index('\n'), answer_prefix=ANSWER_PREFIX,
-                     difficulty=dict(digits=args.digits, min_terms=args.min_terms, max_terms=args.max_terms))
+                     difficulty=dict(digits=args.digits, min_terms=args.min_terms, max_terms=args.max_terms,
+                                     order=args.order))
     lut = np.full(256, 255, dtype=np.uint16)
     lut[[ord(c) for c in CHARS]] = np.arange(len(CHARS))
     os.makedirs(args.out_dir, exist_ok=True)
