@@ -5,10 +5,16 @@ Each block starts as B copies of [MASK]. At every denoising step one forward pas
 cache of the prompt and finished blocks) predicts every masked position; the most confident predictions are committed,
 the rest go back to [MASK]. Commit rules: a fixed number of tokens per step (threshold=0), or every position whose top
 probability reaches `threshold` (at least one per step). A finished block is run once more to append its keys/values to
-the cache. Cost = forward passes per answer (denoising steps + cache fills; the prompt's prefill is not counted).
+the cache. Cost = forward passes per answer (denoising steps + cache fills, and the reference model's passes when it
+warm-starts RCD; the prompt's prefill is not counted).
+
+With --rcd=True the remasked positions do not go back to plain [MASK]: they carry a residual built from this step's
+predictions into the next step (rcd.py, SPEC §4). It works on any checkpoint: a stage-2 RCD model was trained to read
+residuals; a stage-1 model was not (an ablation). --rcd=True --alpha_mode=none is exactly the plain sampler.
 
     python sample.py --ckpt=out/stage1/ckpt.pt --prompt='12+34-5=?\\n'
     python sample.py --ckpt=out/stage1/ckpt.pt --eval_test=True --tokens_per_step=4   # reasoning test accuracy
+    python sample.py --ckpt=out/stage2/ckpt.pt --eval_test=True --tokens_per_step=4 --rcd=True
 """
 import math
 import os
@@ -23,6 +29,7 @@ import trainer
 from configurator import configure
 from data.tokenizer import Tokenizer
 from model import KVCache
+from rcd import ALPHA_MODES, residual_delta, residual_probs
 
 # -----------------------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
@@ -33,6 +40,11 @@ tokens_per_step = 1          # static rule: tokens committed per denoising step 
 threshold = 0.0              # > 0: threshold rule instead, commit every position with top probability >= threshold
 temperature = 0.0            # 0 = greedy; otherwise sample committed tokens from softmax(logits / temperature)
 use_cache = True             # False: re-run the whole sequence at every step (same tokens, slower)
+rcd = False                  # residual context: remasked positions carry their residual into the next step (rcd.py)
+alpha_mode = 'entropy'       # with rcd: 'entropy' (paper), 'confidence', 'constant', 'none' (= the plain sampler)
+alpha_constant = 0.5         # α for alpha_mode='constant'
+residual_temperature = 1.0   # T_res: residuals are built from softmax(logits / T_res)
+warm_start = ''              # with rcd: a reference checkpoint whose predictions seed each block's first step
 eval_test = False            # score exact-answer accuracy on the dataset's test split (reasoning)
 n_test = 0                   # how many test problems to score (0 = all)
 batch_size = 256
@@ -50,35 +62,54 @@ def commit_counts(n_masked, tokens_per_step):
 
 @torch.no_grad()
 def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0, temperature=0.0, eos_id=None,
-             use_cache=True, generator=None):
+             use_cache=True, generator=None, alpha_mode=None, alpha_constant=0.5, residual_temperature=1.0,
+             reference=None):
     """Continue prompt_ids (b, p) by max_new_tokens, block by block. Blocks are aligned to multiples of B from
     position 0, as in training, so the prompt's last partial block is completed in place. A row stops after the
-    block in which it commits eos_id. Returns (tokens (b, p + max_new_tokens), forward passes per row (b,))."""
+    block in which it commits eos_id. Returns (tokens (b, p + max_new_tokens), forward passes per row (b,)).
+    RCD (alpha_mode set, see rcd.py): remasked positions carry their residual into the next step instead of [MASK];
+    with `reference`, each block's first step gets a residual from that model too (warm start, one extra pass)."""
     cfg, (b, p) = model.cfg, prompt_ids.shape
     B, mask_id, dev = cfg.block_size, cfg.mask_id, prompt_ids.device
     end = -(-(p + max_new_tokens) // B) * B  # whole blocks
     if end > cfg.seq_len:
         raise ValueError(f'prompt ({p}) + max_new_tokens ({max_new_tokens}) exceed the context seq_len={cfg.seq_len}')
     x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), dim=1)
-    cache, first = (KVCache(cfg.n_layer) if use_cache else None), p // B
-    if use_cache and first > 0:
-        model(x[:, :first * B], cache=cache, write_cache=True)  # prefill the prompt's whole blocks
+    models = [model] + ([reference] if reference is not None else [])
+    caches = [KVCache(m.cfg.n_layer) if use_cache else None for m in models]
+    first = p // B
+    for m, cache in zip(models, caches):
+        if use_cache and first > 0:
+            m(x[:, :first * B], cache=cache, write_cache=True)  # prefill the prompt's whole blocks
+
+    def run(m, cache, s, e, delta=None, write=False):
+        """Logits of block [s, e): against the cache, or (no cache) by re-running the whole prefix."""
+        if use_cache:
+            return m(x[:, s:e], cache=cache, delta=delta, write_cache=write)
+        full = None if delta is None else torch.cat((delta.new_zeros(b, s, delta.shape[-1]), delta), dim=1)
+        return m(x[:, :e], delta=full)[:, s:]
+
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     passes = torch.zeros(b, dtype=torch.long, device=dev)
     rows = torch.arange(b, device=dev)
     for blk in range(first, end // B):
         s, e = blk * B, (blk + 1) * B
         schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), tokens_per_step)  # same prompt length per row
+        delta = None  # the residual state of this block: none before its first step
+        if reference is not None:  # warm start: the reference model's predictions seed the first step's residual
+            is_masked = (x[:, s:e] == mask_id) & ~done[:, None]
+            probs = residual_probs(run(reference, caches[1], s, e), mask_id, residual_temperature)
+            delta = residual_delta(probs, model.wte.weight, mask_id, is_masked, alpha_mode, alpha_constant)
+            passes += is_masked.any(1)
         step = 0
         while True:
             is_masked = (x[:, s:e] == mask_id) & ~done[:, None]
             live = is_masked.any(1)
             if not live.any():
                 break
-            logits = model(x[:, s:e], cache=cache) if use_cache else model(x[:, :e])[:, s:]
+            logits = run(model, caches[0], s, e, delta)
             passes += live
-            logits[..., mask_id] = float('-inf')  # never predict [MASK] itself
-            probs = torch.softmax(logits.float() / (temperature or 1.0), dim=-1)
+            probs = residual_probs(logits, mask_id, temperature or 1.0)  # never predicts [MASK] itself
             pred = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(b, B) if temperature > 0 \
                 else probs.argmax(-1)
             conf = probs.gather(-1, pred[..., None]).squeeze(-1).masked_fill(~is_masked, -1.0)
@@ -90,14 +121,19 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
                 commit.scatter_(1, conf.topk(schedule[min(step, len(schedule) - 1)], dim=1).indices, True)
             commit &= is_masked
             x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
+            if alpha_mode is not None:  # RCD: the remasked positions keep what this step computed for them
+                res_probs = residual_probs(logits, mask_id, residual_temperature)
+                delta = residual_delta(res_probs, model.wte.weight, mask_id, is_masked & ~commit, alpha_mode,
+                                           alpha_constant)
             step += 1
         if eos_id is not None:
             done |= (x[:, s:e] == eos_id).any(1)
         if done.all() or e == end:
             break
-        if use_cache:
-            model(x[:, s:e], cache=cache, write_cache=True)  # append the finished block's keys/values
-            passes += ~done
+        for m, cache in zip(models, caches):
+            if use_cache:
+                run(m, cache, s, e, write=True)  # append the finished block's keys/values
+                passes += ~done
     return x[:, :p + max_new_tokens], passes
 
 
@@ -137,16 +173,27 @@ def score_test(model, tok, meta, n_test, batch_size, autocast, **decode):
 if __name__ == '__main__':
     configure(globals(), [k for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)],
               sys.argv[1:])
-    if tokens_per_step < 1 or not 0.0 <= threshold <= 1.0 or temperature < 0:
-        trainer.fail('need tokens_per_step >= 1, 0 <= threshold <= 1 and temperature >= 0')
+    if tokens_per_step < 1 or not 0.0 <= threshold <= 1.0 or temperature < 0 or residual_temperature <= 0:
+        trainer.fail('need tokens_per_step >= 1, 0 <= threshold <= 1, temperature >= 0 and residual_temperature > 0')
+    if alpha_mode not in ALPHA_MODES:
+        trainer.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(ALPHA_MODES)}")
+    if warm_start and not rcd:
+        trainer.fail('warm_start seeds the residual of RCD sampling: use it with --rcd=True')
     torch.manual_seed(seed)
     dev, autocast = trainer.setup_device(device, dtype)
     state = trainer.load_checkpoint(ckpt)
     model = trainer.build_model(state['model_args'], state['model']).to(dev).eval()
     meta, tok = state['meta'], Tokenizer(state['meta'])
-    rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
+    reference = None
+    if warm_start:
+        ref_state = trainer.load_checkpoint(warm_start)
+        trainer.check_compatible(ref_state, state, 'warm_start', 'ckpt')
+        reference = trainer.build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
+    rule = (f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step') + \
+        (f', RCD alpha={alpha_mode}' + (' + warm start' if warm_start else '') if rcd else '')
     decode = dict(tokens_per_step=tokens_per_step, threshold=threshold, temperature=temperature, use_cache=use_cache,
-                  generator=torch.Generator(dev).manual_seed(seed))
+                  generator=torch.Generator(dev).manual_seed(seed), alpha_mode=alpha_mode if rcd else None,
+                  alpha_constant=alpha_constant, residual_temperature=residual_temperature, reference=reference)
     if eval_test:
         t0 = time.perf_counter()
         acc, mean_passes, n = score_test(model, tok, meta, n_test, batch_size, autocast, **decode)

@@ -60,10 +60,7 @@ config = {k: globals()[k] for k in config_keys}
 
 if init_from not in ('scratch', 'resume'):
     trainer.fail(f"init_from='{init_from}' must be 'scratch' or 'resume'")
-if loss_weighting not in ('elbo', 'mean'):
-    trainer.fail(f"loss_weighting='{loss_weighting}' must be 'elbo' or 'mean'")
-if not 0.0 <= mask_rate_min < mask_rate_max <= 1.0:
-    trainer.fail(f'need 0 <= mask_rate_min < mask_rate_max <= 1 (got {mask_rate_min}, {mask_rate_max})')
+trainer.check_noise_config(config)
 
 torch.manual_seed(seed)
 device, autocast = trainer.setup_device(device, dtype)

@@ -26,6 +26,14 @@ def fail(msg):
     raise SystemExit(f'error: {msg}')
 
 
+def check_noise_config(c):
+    """The noise and loss settings both stages share (SPEC §3)."""
+    if c['loss_weighting'] not in ('elbo', 'mean'):
+        fail(f"loss_weighting='{c['loss_weighting']}' must be 'elbo' or 'mean'")
+    if not 0.0 <= c['mask_rate_min'] < c['mask_rate_max'] <= 1.0:
+        fail(f"need 0 <= mask_rate_min < mask_rate_max <= 1 (got {c['mask_rate_min']}, {c['mask_rate_max']})")
+
+
 def setup_device(device, dtype):
     """'auto' picks CUDA when present. Returns (torch.device, autocast context): bf16 autocast on CUDA, none on CPU."""
     if device == 'auto':
@@ -129,6 +137,14 @@ def load_checkpoint(path):
     return ckpt
 
 
+def check_compatible(ckpt_a, ckpt_b, name_a, name_b, keys=('vocab_size', 'mask_id', 'block_size')):
+    """Models that hand residuals to each other must share the vocabulary, the [MASK] id and the block size."""
+    a, b = ckpt_a['model_args'], ckpt_b['model_args']
+    diffs = [f'{k} {a[k]} vs {b[k]}' for k in keys if a[k] != b[k]]
+    if diffs:
+        fail(f"{name_a} and {name_b} are incompatible checkpoints ({'; '.join(diffs)})")
+
+
 def build_model(model_args, state_dict=None):
     """A BlockDiffusionLM from its arguments (and weights); a bad architecture is a clear error."""
     try:
@@ -187,7 +203,7 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
         model.train()
         return out
 
-    tokens_per_iter = c.batch_size * c.grad_accum_steps * c.seq_len
+    tokens_per_iter = c.batch_size * c.grad_accum_steps * model.cfg.seq_len
     flops_per_iter = model.flops_per_sequence() * c.batch_size * c.grad_accum_steps
     peak = peak_flops(device)
     print(f'{model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per iteration; device {device}'

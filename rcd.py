@@ -1,0 +1,71 @@
+"""
+Residual Context Diffusion (RCD), SPEC §4: what remasking throws away, kept as a residual for the next step.
+
+At a denoising step the model predicts a distribution p_i for every masked position i of the current block. The
+sampler commits a few of them; the rest are *remasked*. A plain block-diffusion sampler feeds [MASK] back at those
+positions, so the next step starts from nothing there. RCD feeds back what the model already computed:
+
+    soft token    r_i = Σ_v p_i(v) · E[v] = p_i E              (E: the model's own input embedding matrix)
+    weight        α_i = H(p_i) / log V                         (normalized entropy: 0 = certain, 1 = uniform)
+    next input    e_i = (1 − α_i) · E[MASK] + α_i · r_i         (instead of E[MASK])
+
+A remasked position reads E[MASK] as its token embedding already, so the injection is the additive change
+e_i − E[MASK] = α_i · (r_i − E[MASK]), handed to model.forward(delta=...). Committed positions and positions with no
+prediction yet (the first step of a block) get no change: E[token] and E[MASK]. The state carried from step to step
+is this delta for the current block; it is recomputed after every step and dropped when the block is finished.
+
+Everything here is a pure function of tensors, used by both train_stage2.py (p from the frozen reference model) and
+sample.py (p from the model's own previous step).
+"""
+import math
+
+import torch
+
+ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')
+
+
+def residual_probs(logits, mask_id, temperature=1.0):
+    """p_i = softmax(logits_i / T_res) over the vocabulary without [MASK] (SPEC §4: the distribution a residual is
+    built from). Returned in float32: entropies of low-precision probabilities are noisy."""
+    logits = logits.float().clone()
+    logits[..., mask_id] = float('-inf')  # the model never predicts [MASK]; it gets probability 0
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def soft_tokens(probs, embedding):
+    """SPEC §4 residual projection: r_i = Σ_v p_i(v)·E[v], the probability-weighted average of the input
+    embeddings, one (V × d) matmul. probs (..., V), embedding E (V, d) -> (..., d)."""
+    return probs.to(embedding.dtype) @ embedding
+
+
+def residual_weight(probs, mode, constant=0.5):
+    """SPEC §4 weight α_i of the residual at each position, by `mode`:
+    'entropy'    α = H(p)/log V, V the number of tokens p can put mass on (all but [MASK]): the paper's default,
+                 an uncertain position leans more on its residual;
+    'confidence' α = max_v p(v);
+    'constant'   α = constant;
+    'none'       α = 0: no residual at all, exactly the plain sampler (the baseline of every ablation)."""
+    if mode == 'entropy':
+        support = probs.shape[-1] - 1  # [MASK] has probability 0
+        return torch.special.entr(probs).sum(-1) / math.log(support)
+    if mode == 'confidence':
+        return probs.amax(-1)
+    if mode == 'constant':
+        return torch.full(probs.shape[:-1], float(constant), device=probs.device)
+    if mode == 'none':
+        return torch.zeros(probs.shape[:-1], device=probs.device)
+    raise ValueError(f"alpha_mode='{mode}' must be one of {', '.join(ALPHA_MODES)}")
+
+
+def residual_inputs(probs, embedding, mask_id, mode, constant=0.5):
+    """SPEC §4 injected input embedding at every position: e = (1 − α)·E[MASK] + α·r. (..., V) -> (..., d).
+    The explicit form of the interpolation; residual_delta() is what the model is given."""
+    alpha = residual_weight(probs, mode, constant)[..., None].to(embedding.dtype)
+    return (1 - alpha) * embedding[mask_id] + alpha * soft_tokens(probs, embedding)
+
+
+def residual_delta(probs, embedding, mask_id, remasked, mode, constant=0.5):
+    """SPEC §4 injection as an additive change to the input embeddings: e − E[MASK] at `remasked` positions
+    (bool, the positions that stay [MASK] into the next step), 0 everywhere else. (b, n, V) -> (b, n, d)."""
+    delta = residual_inputs(probs, embedding, mask_id, mode, constant) - embedding[mask_id]
+    return delta * remasked[..., None].to(delta.dtype)
