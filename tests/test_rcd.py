@@ -1,0 +1,179 @@
+"""RCD: the residual math against a hand computation, α = 0 is the baseline sampler, stage 2 trains only the target,
+resumes exactly and refuses incompatible checkpoints."""
+import json
+import math
+import os
+import runpy
+import sys
+
+import pytest
+import torch
+
+import rcd
+import trainer
+from conftest import TINY, run_script
+from model import BlockDiffusionLM, ModelConfig
+from sample import generate
+
+# a vocabulary of 3 ordinary tokens + [MASK] (id 3), 2-dimensional embeddings
+E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+MASK = 3
+
+
+def test_residual_math_by_hand():
+    logits = torch.tensor([[[math.log(0.5), math.log(0.25), math.log(0.25), 7.0],   # [MASK] logit is ignored
+                            [0.0, 0.0, 0.0, 0.0]]])                               # uniform over the 3 tokens
+    p = rcd.residual_probs(logits, MASK)
+    assert torch.allclose(p[0, 0], torch.tensor([0.5, 0.25, 0.25, 0.0]))
+    r = rcd.soft_tokens(p, E)  # 0.5·[1,0] + 0.25·[0,1] + 0.25·[1,1] = [0.75, 0.5]; uniform: [2/3, 2/3]
+    assert torch.allclose(r, torch.tensor([[[0.75, 0.5], [2 / 3, 2 / 3]]]))
+    h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # = 1.5 log 2
+    alpha = rcd.residual_weight(p, 'entropy')
+    assert torch.allclose(alpha, torch.tensor([[h / math.log(3), 1.0]]))
+    assert torch.allclose(rcd.residual_weight(p, 'confidence'), torch.tensor([[0.5, 1 / 3]]))
+    assert torch.allclose(rcd.residual_weight(p, 'constant', 0.3), torch.tensor([[0.3, 0.3]]))
+    assert torch.equal(rcd.residual_weight(p, 'none'), torch.zeros(1, 2))
+    a = h / math.log(3)  # e = (1 - α)·E[MASK] + α·r
+    e0 = (1 - a) * torch.tensor([-1.0, -1.0]) + a * torch.tensor([0.75, 0.5])
+    assert torch.allclose(rcd.residual_inputs(p, E, MASK, 'entropy')[0, 0], e0)
+    delta = rcd.residual_delta(p, E, MASK, torch.tensor([[True, False]]), 'entropy')
+    assert torch.allclose(delta[0, 0], e0 - E[MASK]) and torch.equal(delta[0, 1], torch.zeros(2))  # only remasked
+    with pytest.raises(ValueError, match="alpha_mode='l2'"):
+        rcd.residual_weight(p, 'l2')
+
+
+def test_residual_temperature_sharpens():
+    logits = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
+    cold, warm = rcd.residual_probs(logits, MASK, 0.5), rcd.residual_probs(logits, MASK, 2.0)
+    assert rcd.residual_weight(cold, 'entropy') < rcd.residual_weight(warm, 'entropy')
+    assert torch.allclose(cold[0, :3], torch.softmax(torch.tensor([4.0, 2.0, 0.0]), 0))
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=11, mask_id=10, seq_len=32, block_size=4, n_layer=2, n_head=2, n_embd=32)
+    return BlockDiffusionLM(cfg).eval()
+
+
+@pytest.mark.parametrize('rule', [dict(tokens_per_step=1), dict(tokens_per_step=2), dict(threshold=0.4)])
+def test_alpha_zero_is_the_baseline_sampler(rule):
+    model = tiny_model()
+    prompt = torch.randint(0, 9, (3, 5))
+    base = generate(model, prompt, 20, **rule)
+    none = generate(model, prompt, 20, alpha_mode='none', **rule)
+    assert torch.equal(base[0], none[0]) and torch.equal(base[1], none[1])
+
+
+def test_residuals_reach_only_remasked_positions_of_later_steps():
+    model = tiny_model()
+    calls, forward = [], model.forward
+
+    def spy(x_t, x0=None, delta=None, cache=None, write_cache=False):
+        calls.append((x_t.clone(), None if delta is None else delta.clone(), write_cache))
+        return forward(x_t, x0, delta, cache, write_cache)
+    model.forward = spy
+    generate(model, torch.randint(0, 9, (2, 4)), 12, tokens_per_step=2, alpha_mode='entropy')
+    steps = [(x, d) for x, d, write in calls if not write]
+    assert len(steps) == 3 * 2  # 3 blocks of 4, 2 steps each
+    for i, (x, delta) in enumerate(steps):
+        if i % 2 == 0:
+            assert delta is None  # a block's first step: no residual yet
+        else:
+            carries = delta.abs().sum(-1) > 0
+            assert carries.any() and torch.equal(carries, x == 10)  # exactly the positions still [MASK]
+
+
+def test_rcd_changes_the_next_step_and_the_cache_agrees():
+    model, reference = tiny_model(0), tiny_model(1)
+    prompt = torch.randint(0, 9, (2, 6))
+    outs = [generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy', reference=reference, use_cache=c)
+            for c in (True, False)]
+    assert torch.equal(outs[0][0], outs[1][0])
+    # warm start adds one reference pass per block (and the reference's cache fills when the cache is on)
+    plain = generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy')
+    assert (outs[0][1] - plain[1]).tolist() == [5 + 4] * 2
+
+
+def stage1(tiny_reasoning, out_dir, *extra):
+    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64', f'--out_dir={out_dir}',
+                   '--max_iters=4', '--eval_interval=4', *extra)
+    assert r.returncode == 0, r.stderr
+    return os.path.join(out_dir, 'ckpt.pt')
+
+
+@pytest.fixture(scope='module')
+def stage1_ckpts(tiny_reasoning, tmp_path_factory):
+    d = tmp_path_factory.mktemp('stage1')
+    return stage1(tiny_reasoning, str(d / 'a')), stage1(tiny_reasoning, str(d / 'small'), '--n_embd=16')
+
+
+def stage2_args(tiny_reasoning, target, reference, out_dir):
+    return ['train_stage2.py', *[a for a in TINY if not a.startswith(('--n_', '--device'))], '--device=cpu',
+            f'--dataset={tiny_reasoning}', f'--init_from={target}', f'--reference_ckpt={reference}',
+            f'--out_dir={out_dir}', '--eval_interval=2', '--always_save_checkpoint=True']
+
+
+def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stage1_ckpts, tmp_path):
+    target, small_ref = stage1_ckpts
+    full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
+    args = stage2_args(tiny_reasoning, target, small_ref, full)  # a reference smaller than the target
+    ref_before = trainer.load_checkpoint(small_ref)['model']
+    r = run_script(*args, '--max_iters=4', '--lr_decay_iters=4')
+    assert r.returncode == 0, r.stderr
+    after = trainer.load_checkpoint(os.path.join(full, 'ckpt.pt'))
+    before = trainer.load_checkpoint(target)
+    assert after['iter_num'] == 4
+    assert any(not torch.equal(after['model'][k], before['model'][k]) for k in before['model'])  # target moved
+    ref_after = trainer.load_checkpoint(small_ref)['model']
+    assert all(torch.equal(ref_before[k], ref_after[k]) for k in ref_before)                      # reference did not
+    args = stage2_args(tiny_reasoning, target, small_ref, part)
+    assert run_script(*args, '--max_iters=2', '--lr_decay_iters=4').returncode == 0
+    assert run_script(*args, '--max_iters=4', '--lr_decay_iters=4', '--init_from=resume').returncode == 0
+
+    def losses(d):
+        with open(os.path.join(d, 'log.jsonl')) as f:
+            return {r['iter']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
+    assert losses(full) == losses(part) and len(losses(full)) == 4
+
+
+def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
+    """With α = 0 stage 2 is continued stage 1: the first logged loss differs once residuals are on."""
+    target, _ = stage1_ckpts
+    first = {}
+    for mode in ('none', 'constant'):
+        out = str(tmp_path / mode)
+        r = run_script(*stage2_args(tiny_reasoning, target, target, out), '--max_iters=1', f'--alpha_mode={mode}',
+                       '--alpha_constant=0.9')
+        assert r.returncode == 0, r.stderr
+        with open(os.path.join(out, 'log.jsonl')) as f:
+            first[mode] = next(r['loss'] for r in map(json.loads, f) if 'loss' in r)
+    assert first['none'] != first['constant']
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--n_embd=24', '--block_size=4'], 'incompatible checkpoints (block_size 4 vs 8)'),
+    (['--seq_len=32'], 'incompatible checkpoints (seq_len 32 vs 64)'),
+])
+def test_incompatible_reference_is_a_clear_error(tiny_reasoning, stage1_ckpts, tmp_path, monkeypatch, extra, message):
+    target, _ = stage1_ckpts
+    other = str(tmp_path / 'other')
+    if '--seq_len=32' in extra:  # a model of another context length (the row dataset only trains seq_len=64)
+        ckpt = trainer.load_checkpoint(target)
+        ckpt['model_args'] = dict(ckpt['model_args'], seq_len=32)
+        trainer.save_checkpoint(ckpt, os.path.join(other, 'ckpt.pt'))
+    else:
+        stage1(tiny_reasoning, other, *extra)
+    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, target, os.path.join(other, 'ckpt.pt'),
+                                                 str(tmp_path / 'out')) + ['--max_iters=1'])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path('train_stage2.py', run_name='__main__')
+    assert message in str(e.value)
+
+
+def test_missing_stage1_checkpoint_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch):
+    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, '/no/such/ckpt.pt', '/no/such/ckpt.pt',
+                                                 str(tmp_path)))
+    with pytest.raises(SystemExit, match="checkpoint '/no/such/ckpt.pt' not found"):
+        runpy.run_path('train_stage2.py', run_name='__main__')
