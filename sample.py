@@ -78,8 +78,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     models = [model] + ([reference] if reference is not None else [])
     caches = [KVCache(m.cfg.n_layer) if use_cache else None for m in models]
     first = p // B
-    for m, cache in zip(models, caches):
-        if use_cache and first > 0:
+    if use_cache and first > 0:
+        for m, cache in zip(models, caches):
             m(x[:, :first * B], cache=cache, write_cache=True)  # prefill the prompt's whole blocks
 
     def run(m, cache, s, e, delta=None, write=False):
@@ -122,7 +122,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
             commit &= is_masked
             x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
             if alpha_mode is not None:  # RCD: the remasked positions keep what this step computed for them
-                res_probs = residual_probs(logits, mask_id, residual_temperature)
+                res_probs = probs if residual_temperature == (temperature or 1.0) else \
+                    residual_probs(logits, mask_id, residual_temperature)
                 delta = residual_delta(res_probs, model.wte.weight, mask_id, is_masked & ~commit, alpha_mode,
                                            alpha_constant)
             step += 1
@@ -130,8 +131,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
             done |= (x[:, s:e] == eos_id).any(1)
         if done.all() or e == end:
             break
-        for m, cache in zip(models, caches):
-            if use_cache:
+        if use_cache:
+            for m, cache in zip(models, caches):
                 run(m, cache, s, e, write=True)  # append the finished block's keys/values
                 passes += ~done
     return x[:, :p + max_new_tokens], passes
