@@ -52,4 +52,5 @@ def configure(config, keys, argv):
                 value = text  # a string key takes the text as written, even '1' or 'True'
             config[key] = _checked(key, value, defaults, 'command line')
     changed = ' '.join(f'{k}={config[k]!r}' for k in keys if config[k] != defaults[k])
-    print(f"config: {changed or 'defaults'}")
+    if os.environ.get('RANK', '0') == '0':  # under torchrun, rank 0 speaks for all
+        print(f"config: {changed or 'defaults'}")

@@ -107,20 +107,23 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of the finished blocks, one (k, v) pair per layer. forward() reads it, and appends the chunk
-    it runs to it when called with write_cache=True (once per finished block)."""
+    """Keys and values of the finished blocks, one preallocated (2, b, h, max_len, d) buffer per layer (made on first
+    use). Each forward writes its chunk's keys/values right after the first `length` positions and attends to the
+    buffer up to the chunk's end: no copy of the cache per step. Only write_cache=True advances `length` (once per
+    finished block); a denoising step's chunk is overwritten by the next step."""
 
-    def __init__(self, n_layer):
-        self.kv = [None] * n_layer
-        self.length = 0
+    def __init__(self, n_layer, max_len):
+        self.kv, self.max_len, self.length = [None] * n_layer, max_len, 0
 
-    def extend(self, layer, k, v, write):
-        """(cache ⊕ k, cache ⊕ v) for this layer; stored back when write is set."""
-        if self.kv[layer] is not None:
-            k, v = torch.cat((self.kv[layer][0], k), dim=2), torch.cat((self.kv[layer][1], v), dim=2)
-        if write:
-            self.kv[layer] = (k, v)
-        return k, v
+    def extend(self, layer, k, v):
+        """(cache ⊕ k, cache ⊕ v) for this layer, as views of the buffer."""
+        if self.kv[layer] is None:
+            b, h, _, d = k.shape
+            self.kv[layer] = torch.empty(2, b, h, self.max_len, d, dtype=k.dtype, device=k.device)
+        end = self.length + k.shape[2]
+        self.kv[layer][0, :, :, self.length:end] = k
+        self.kv[layer][1, :, :, self.length:end] = v
+        return self.kv[layer][0, :, :, :end], self.kv[layer][1, :, :, :end]
 
 
 class SelfAttention(nn.Module):
@@ -131,12 +134,12 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, cache, write_cache):
+    def forward(self, x, cos, sin, mask, cache):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.extend(self.layer, k, v, write_cache)
+            k, v = cache.extend(self.layer, k, v)
         y = attention(q, k, v, mask).transpose(1, 2).reshape(b, n, d)
         return self.dropout(self.proj(y))
 
@@ -158,8 +161,8 @@ class Block(nn.Module):
         self.norm1, self.attn = nn.RMSNorm(cfg.n_embd), SelfAttention(cfg, layer)
         self.norm2, self.mlp = nn.RMSNorm(cfg.n_embd), MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache, write_cache):
-        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, write_cache)
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -210,7 +213,7 @@ class BlockDiffusionLM(nn.Module):
             h = torch.cat((h, self.wte(x0)), dim=1)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         for block in self.blocks:
-            h = block(h, cos, sin, mask, cache, write_cache)
+            h = block(h, cos, sin, mask, cache)
         if cache is not None and write_cache:
             cache.length += n
         return self.lm_head(self.norm(h[:, :n]))  # logits only for x_t (the x0 half only serves as context)
@@ -253,3 +256,12 @@ def diffusion_loss(logits, x0, masked, t, prompt_mask, weighting):
     if weighting == 'elbo':
         return (ce / t).sum() / (~prompt_mask).sum().clamp(min=1)
     return ce.sum() / masked.sum().clamp(min=1)
+
+
+def training_loss(forward, cfg, x0, prompt_mask, generator, rate_min, rate_max, weighting, residual=None):
+    """One training batch: noise every block at its own rate, denoise all blocks in one pass against their clean
+    prefixes, score the masked positions (SPEC §3). forward: the model (or its compiled / DDP wrapper), cfg its
+    ModelConfig. Stage 2 passes residual(x_t, x0, masked) -> delta, the residual inputs at the masked positions (§5)."""
+    x_t, masked, t = add_noise(x0, prompt_mask, cfg.block_size, cfg.mask_id, rate_min, rate_max, generator)
+    delta = residual(x_t, x0, masked) if residual is not None else None
+    return diffusion_loss(forward(x_t, x0, delta), x0, masked, t, prompt_mask, weighting)

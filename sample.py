@@ -76,7 +76,7 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
         raise ValueError(f'prompt ({p}) + max_new_tokens ({max_new_tokens}) exceed the context seq_len={cfg.seq_len}')
     x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), dim=1)
     models = [model] + ([reference] if reference is not None else [])
-    caches = [KVCache(m.cfg.n_layer) if use_cache else None for m in models]
+    caches = [KVCache(m.cfg.n_layer, m.cfg.seq_len) if use_cache else None for m in models]
     first = p // B
     if use_cache and first > 0:
         for m, cache in zip(models, caches):

@@ -13,7 +13,7 @@ import torch
 
 import trainer
 from configurator import configure
-from model import add_noise, diffusion_loss
+from model import training_loss
 
 # -----------------------------------------------------------------------------------------------------------------
 # config: defaults train the reasoning dataset on one GPU; override with config/*.py files and --key=value flags
@@ -82,11 +82,9 @@ if init_from == 'resume':
 ckpt.update(config=config, meta=meta)
 
 
-def loss_fn(model, x0, prompt_mask, generator):
+def loss_fn(forward, x0, prompt_mask, generator):
     """SPEC §3: noise every block at its own rate, denoise all blocks in one pass against their clean prefixes."""
-    x_t, masked, t = add_noise(x0, prompt_mask, model.cfg.block_size, model.cfg.mask_id, mask_rate_min,
-                               mask_rate_max, generator)
-    return diffusion_loss(model(x_t, x0), x0, masked, t, prompt_mask, loss_weighting)
+    return training_loss(forward, model.cfg, x0, prompt_mask, generator, mask_rate_min, mask_rate_max, loss_weighting)
 
 
 trainer.train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast)

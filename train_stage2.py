@@ -19,13 +19,14 @@ import torch
 import rcd
 import trainer
 from configurator import configure
-from model import add_noise, diffusion_loss
+from model import training_loss
 
 # -----------------------------------------------------------------------------------------------------------------
 # config: the target's architecture comes from its stage-1 checkpoint; override with config/*.py and --key=value
 out_dir = 'out/stage2'
 init_from = 'out/stage1/ckpt.pt'       # a stage-1 checkpoint to start the target from, or 'resume' (out_dir/ckpt.pt)
-reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model that produces the residuals
+reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model that produces the residuals, or 'self': the target's
+                                       # own current predictions (no gradient through them; an ablation)
 dataset = 'reasoning'
 # residuals (SPEC §4)
 alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant', 'none' (no residual: continued stage 1)
@@ -78,14 +79,17 @@ if init_from == 'resume':
 else:
     stage1 = trainer.load_checkpoint(init_from)
     ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # weights only: a fresh optimizer and count
-ref_ckpt = trainer.load_checkpoint(reference_ckpt)
-trainer.check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
-                         keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
 if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
     trainer.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
 model = trainer.build_model(ckpt['model_args'], ckpt['model']).to(device)
-reference = trainer.build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval().requires_grad_(False)
-print(f'reference model: {reference.num_params() / 1e6:.2f}M parameters, frozen')
+if reference_ckpt == 'self':
+    reference = model
+else:
+    ref_ckpt = trainer.load_checkpoint(reference_ckpt)
+    trainer.check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
+                             keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
+    reference = trainer.build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval().requires_grad_(False)
+    print(f'reference model: {reference.num_params() / 1e6:.2f}M parameters, frozen')
 ref_forward = torch.compile(reference) if compile and device.type == 'cuda' else reference
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
 if init_from == 'resume':
@@ -94,16 +98,13 @@ ckpt.update(config=config, meta=meta)
 batches = trainer.Batches(meta, model.cfg.seq_len, batch_size, device)
 
 
-def loss_fn(model, x0, prompt_mask, generator):
+def loss_fn(forward, x0, prompt_mask, generator):
     """SPEC §5: the reference's predictions on x_t become residual inputs; the target denoises x_t with them."""
-    mask_id = model.cfg.mask_id
-    x_t, masked, t = add_noise(x0, prompt_mask, model.cfg.block_size, mask_id, mask_rate_min, mask_rate_max,
-                               generator)
-    with torch.no_grad():
-        probs = rcd.residual_probs(ref_forward(x_t, x0), mask_id, residual_temperature)
-    with_residual = torch.rand(x0.shape[0], 1, device=x0.device, generator=generator) < residual_fraction
-    delta = rcd.residual_delta(probs, model.wte.weight, mask_id, masked & with_residual, alpha_mode, alpha_constant)
-    return diffusion_loss(model(x_t, x0, delta), x0, masked, t, prompt_mask, loss_weighting)
+    use = torch.rand(x0.shape[0], 1, device=x0.device, generator=generator) < residual_fraction
+    residual = rcd.reference_residual(ref_forward, model.wte.weight, model.cfg.mask_id, use, alpha_mode,
+                                      alpha_constant, residual_temperature)
+    return training_loss(forward, model.cfg, x0, prompt_mask, generator, mask_rate_min, mask_rate_max,
+                         loss_weighting, residual)
 
 
 trainer.train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast)

@@ -2,6 +2,10 @@
 What both training stages share: device setup, data batches, the learning-rate schedule, checkpoints, evaluation,
 logging and the loop itself. train_stage1.py and train_stage2.py differ only in how they build their models and in
 their loss function, which they hand to train().
+
+Multi-GPU: run either script under `torchrun --standalone --nproc_per_node=N`. Each rank runs every N-th micro-batch
+of an iteration's grad_accum_steps (which must be a multiple of N), so an iteration sees exactly the examples and noise
+a single-GPU run with the same grad_accum_steps sees; gradients are averaged by DDP; rank 0 alone logs and saves.
 """
 import json
 import math
@@ -15,6 +19,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from model import BlockDiffusionLM, ModelConfig
@@ -34,12 +40,25 @@ def check_noise_config(c):
         fail(f"need 0 <= mask_rate_min < mask_rate_max <= 1 (got {c['mask_rate_min']}, {c['mask_rate_max']})")
 
 
+def world():
+    """(rank, number of processes): (0, 1) unless launched by torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def setup_device(device, dtype):
-    """'auto' picks CUDA when present. Returns (torch.device, autocast context): bf16 autocast on CUDA, none on CPU."""
+    """'auto' picks CUDA when present. Returns (torch.device, autocast context): bf16 autocast on CUDA, none on CPU.
+    Under torchrun it joins the process group (NCCL on CUDA, gloo on CPU) and takes GPU number LOCAL_RANK."""
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device.startswith('cuda') and not torch.cuda.is_available():
         fail(f"device='{device}' but CUDA is not available here; use --device=cpu")
+    if 'RANK' in os.environ:
+        if device.startswith('cuda'):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
     device = torch.device(device)
     if dtype == 'auto':
         dtype = 'bfloat16' if device.type == 'cuda' else 'float32'
@@ -62,10 +81,12 @@ def load_dataset(dataset):
         have = sorted(d for d in os.listdir(os.path.join(ROOT, 'data')) if os.path.isfile(os.path.join(ROOT, 'data', d, 'prepare.py')))
         fail(f"no dataset '{dataset}': {data_dir} is not a directory (datasets under data/: {', '.join(have)})")
     prepare = os.path.join(data_dir, 'prepare.py')
-    if not os.path.isfile(os.path.join(data_dir, 'train.bin')) and os.path.isfile(prepare):
+    if world()[0] == 0 and not os.path.isfile(os.path.join(data_dir, 'train.bin')) and os.path.isfile(prepare):
         print(f'{data_dir}/train.bin is missing: running {prepare}')
         if subprocess.run([sys.executable, prepare]).returncode != 0:
             fail(f'{prepare} failed (see above); run it by hand with the arguments it needs')
+    if world()[1] > 1:
+        dist.barrier()  # the other ranks wait for rank 0 to prepare the data
     for name in ('train.bin', 'val.bin', 'meta.pkl'):
         if not os.path.isfile(os.path.join(data_dir, name)):
             fail(f"dataset '{dataset}' has no {name} in {data_dir}")
@@ -170,45 +191,60 @@ def peak_flops(device):
 def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
     """The loop: warm-up/cosine learning rate, gradient accumulation, clipping, periodic eval and checkpoints,
     a progress bar with loss, tokens/s and MFU, and one JSON line per log/eval in out_dir/log.jsonl.
-    loss_fn(model, x0, prompt_mask, generator) -> scalar loss. ckpt: what every checkpoint holds besides the
+    loss_fn(forward, x0, prompt_mask, generator) -> scalar loss. ckpt: what every checkpoint holds besides the
     weights and optimizer (model_args, config, meta, ...); its iter_num / best_val_loss say where a resumed run is.
-    Every micro-batch draws its examples and noise from generators seeded by (seed, iteration), so a resumed run
-    sees exactly the batches the uninterrupted run would have."""
+    Every micro-batch draws its examples and noise from generators seeded by (seed, iteration, micro-batch), so a
+    resumed run, or one on another number of GPUs, sees exactly the batches the uninterrupted one would have."""
     c = SimpleNamespace(**config)
-    fwd = torch.compile(model) if c.compile and device.type == 'cuda' else model
+    rank, n_proc = world()
+    if c.grad_accum_steps % n_proc:
+        fail(f'grad_accum_steps={c.grad_accum_steps} must be a multiple of the number of processes ({n_proc})')
+    compiled = torch.compile(model) if c.compile and device.type == 'cuda' else model
+    fwd = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None) if n_proc > 1 else compiled
     start = iter_num = ckpt.get('iter_num', 0)
     best_val_loss = ckpt.get('best_val_loss', float('inf'))
     noise_gen = torch.Generator(device=device)
     log_path = os.path.join(c.out_dir, 'log.jsonl')
-    os.makedirs(c.out_dir, exist_ok=True)
+    if rank == 0:
+        os.makedirs(c.out_dir, exist_ok=True)
 
     def batch_and_noise(split, seed):
         noise_gen.manual_seed(seed)
         return (*batches.get(split, np.random.default_rng(seed)), noise_gen)
 
     def log(record):
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        if rank == 0:
+            with open(log_path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+    def mean_over_ranks(total):
+        """A sum computed by each rank over its share of the work, summed over ranks (in place)."""
+        if n_proc > 1:
+            dist.all_reduce(total)
+        return total
 
     @torch.no_grad()
     def estimate_loss():
         model.eval()
         out = {}
         for split in ('train', 'val'):
-            losses = []
-            for k in range(c.eval_iters):  # the same examples and noise at every eval: comparable numbers
+            total = torch.zeros((), device=device)
+            for k in range(rank, c.eval_iters, n_proc):  # the same examples and noise at every eval: comparable
                 with autocast:
-                    losses.append(loss_fn(fwd, *batch_and_noise(split, 10**9 + k)).item())
-            out[split] = sum(losses) / len(losses)
+                    total += loss_fn(compiled, *batch_and_noise(split, 10**9 + k))
+            out[split] = mean_over_ranks(total).item() / c.eval_iters
         model.train()
         return out
 
     tokens_per_iter = c.batch_size * c.grad_accum_steps * model.cfg.seq_len
     flops_per_iter = model.flops_per_sequence() * c.batch_size * c.grad_accum_steps
     peak = peak_flops(device)
-    print(f'{model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per iteration; device {device}'
-          + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''))
-    pbar = tqdm(total=c.max_iters, initial=iter_num, desc=os.path.basename(c.out_dir), dynamic_ncols=True)
+    if rank == 0:
+        print(f'{model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per iteration; device {device}'
+              + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
+              + (f' x {n_proc} processes' if n_proc > 1 else ''))
+    pbar = tqdm(total=c.max_iters, initial=iter_num, desc=os.path.basename(c.out_dir), dynamic_ncols=True,
+                disable=rank != 0)
     t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
     while True:
         lr = lr_at(iter_num, c)
@@ -216,23 +252,28 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
             group['lr'] = lr
         if iter_num % c.eval_interval == 0 or iter_num == c.max_iters:
             losses = estimate_loss()
-            tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if rank == 0:
+                tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
             if iter_num > start and (losses['val'] < best_val_loss or c.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses['val'])
-                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
-                            best_val_loss=best_val_loss)
-                save_checkpoint(ckpt, os.path.join(c.out_dir, 'ckpt.pt'))
-                tqdm.write(f"saved {os.path.join(c.out_dir, 'ckpt.pt')}")
+                if rank == 0:
+                    ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
+                                best_val_loss=best_val_loss)
+                    save_checkpoint(ckpt, os.path.join(c.out_dir, 'ckpt.pt'))
+                    tqdm.write(f"saved {os.path.join(c.out_dir, 'ckpt.pt')}")
             t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)  # eval is not training time
         if iter_num >= c.max_iters:
             break
-        for micro in range(c.grad_accum_steps):
+        my_micros = range(rank, c.grad_accum_steps, n_proc)  # this rank's share of the iteration's micro-batches
+        for micro in my_micros:
             x0, prompt_mask, gen = batch_and_noise('train', c.seed * 1_000_003 + iter_num * c.grad_accum_steps + micro)
+            if n_proc > 1:
+                fwd.require_backward_grad_sync = micro == my_micros[-1]  # all-reduce once, after the last micro-batch
             with autocast:
-                loss = loss_fn(fwd, x0, prompt_mask, gen) / c.grad_accum_steps
+                loss = loss_fn(fwd, x0, prompt_mask, gen) / (c.grad_accum_steps // n_proc)
             loss.backward()
-            loss_sum += loss.detach()
+            loss_sum += loss.detach() / n_proc
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
         optimizer.step()
@@ -240,13 +281,15 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
         iter_num += 1
         pbar.update(1)
         if iter_num % c.log_interval == 0:
-            lossf = loss_sum.item() / (iter_num - it_last)  # .item() waits for the GPU: time is measured after it
+            lossf = mean_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
             dt = (time.perf_counter() - t_last) / (iter_num - it_last)
-            mfu = flops_per_iter / dt / peak if peak else None
+            mfu = flops_per_iter / dt / (peak * n_proc) if peak else None
             pbar.set_postfix_str(f'loss {lossf:.4f} | {tokens_per_iter / dt:,.0f} tok/s'
                                  + (f' | MFU {100 * mfu:.1f}%' if mfu else '') + f' | lr {lr:.2e}')
             log(dict(iter=iter_num, loss=lossf, lr=lr, ms_per_iter=1000 * dt, tokens_per_s=tokens_per_iter / dt,
                      mfu=mfu))
             t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
     pbar.close()
+    if n_proc > 1:
+        dist.destroy_process_group()
     return best_val_loss

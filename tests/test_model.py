@@ -73,7 +73,7 @@ def test_kv_cache_matches_full_forward():
     model = tiny_model()
     x = torch.randint(0, 10, (3, 24))
     full = model(x)
-    cache = KVCache(model.cfg.n_layer)
+    cache = KVCache(model.cfg.n_layer, model.cfg.seq_len)
     first = model(x[:, :8], cache=cache, write_cache=True)  # a two-block chunk (block-causal inside)
     second = model(x[:, 8:12], cache=cache)                  # one block read against the cache, not stored
     assert cache.length == 8

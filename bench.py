@@ -1,0 +1,180 @@
+"""
+Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2, (b) attention alone:
+FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
+(c) sampling tokens/s and forward passes, baseline vs RCD, with and without the KV cache. For a GPT-2-small-sized
+model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to 50304) and the tiny default model.
+GPU times are CUDA events after warm-up, median of repeats. Random weights and tokens: speed does not depend on them,
+and the sampler's static rule makes the number of forward passes fixed. On CPU a tiny smoke version runs.
+
+    python bench.py                                   # everything: one table
+    python bench.py --sections=attention --sizes=gpt2
+"""
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+import rcd
+import trainer
+from configurator import configure
+from model import BlockDiffusionLM, ModelConfig, compiled_flex_attention, inference_mask, training_loss, training_mask
+from sample import generate
+
+# -----------------------------------------------------------------------------------------------------------------
+sizes = 'gpt2,tiny'              # which model sizes (SIZES below), comma-separated
+sections = 'train,attention,sample'
+warmup = 5
+repeats = 20                     # training and attention; sampling uses max(3, repeats // 5)
+compile = True
+device = 'auto'
+out = ''                         # also write the rows as JSON lines to this file
+configure(globals(), ['sizes', 'sections', 'warmup', 'repeats', 'compile', 'device', 'out'], sys.argv[1:])
+# -----------------------------------------------------------------------------------------------------------------
+
+# model shape, training batch, attention batch per length, sampling batches and number of generated blocks
+SIZES = {
+    'gpt2': dict(model=dict(vocab_size=50304, mask_id=50257, seq_len=1024, block_size=32, n_layer=12, n_head=12,
+                            n_embd=768), train_batch=16, attn={1024: 8, 4096: 2}, sample_batches=(1, 64), blocks=8),
+    'tiny': dict(model=dict(vocab_size=19, mask_id=18, seq_len=96, block_size=8, n_layer=6, n_head=6, n_embd=384),
+                 train_batch=256, attn={}, sample_batches=(1, 64), blocks=8),
+    'smoke': dict(model=dict(vocab_size=19, mask_id=18, seq_len=64, block_size=8, n_layer=2, n_head=2, n_embd=32),
+                  train_batch=4, attn={64: 2}, sample_batches=(1, 4), blocks=2),  # CPU
+}
+dev, autocast = trainer.setup_device(device, 'auto')
+cuda = dev.type == 'cuda'
+if not cuda:
+    sizes, warmup, repeats = 'smoke', 1, 2
+    print('no GPU: a tiny smoke run (the numbers mean nothing)')
+rows = []
+
+
+def row(**r):
+    rows.append(r)
+    print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()), flush=True)
+
+
+def timed(fn, n_warmup, n_repeat):
+    """Median milliseconds of fn(): CUDA events on the GPU, perf_counter on CPU."""
+    for _ in range(n_warmup):
+        fn()
+    times = []
+    for _ in range(n_repeat):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+peak = trainer.peak_flops(dev)
+if cuda:
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    ms = timed(lambda: a @ a, 5, 20)
+    measured_peak = 2 * 8192 ** 3 / (ms / 1000)
+    row(what='peak', gpu=torch.cuda.get_device_name(dev), datasheet_tflops=peak / 1e12,
+        matmul_8192_tflops=measured_peak / 1e12)
+    del a
+
+for size in sizes.split(','):
+    spec = SIZES[size]
+    cfg = ModelConfig(**spec['model'])
+    L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
+
+    if 'train' in sections:
+        torch.manual_seed(0)
+        model = BlockDiffusionLM(cfg).to(dev)
+        reference = BlockDiffusionLM(cfg).to(dev).eval().requires_grad_(False)
+        fwd = torch.compile(model) if compile and cuda else model
+        ref_fwd = torch.compile(reference) if compile and cuda else reference
+        opt = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), dev.type)
+        b = spec['train_batch']
+        x0 = torch.randint(0, V - 2, (b, L), device=dev)
+        prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
+        gen = torch.Generator(dev).manual_seed(0)
+        use = torch.ones(b, 1, dtype=torch.bool, device=dev)
+        residual = rcd.reference_residual(ref_fwd, model.wte.weight, cfg.mask_id, use, 'entropy')
+        step_ms = {}
+        for stage, res in (('stage1', None), ('stage2', residual)):
+            def step():
+                with autocast:
+                    loss = training_loss(fwd, cfg, x0, prompt_mask, gen, 0.0, 1.0, 'elbo', res)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            ms = step_ms[stage] = timed(step, warmup, repeats)
+            flops = model.flops_per_sequence() * b / (ms / 1000)
+            row(what=f'train {stage}', size=size, batch=b, ms_per_step=ms, tokens_per_s=b * L / (ms / 1000),
+                tflops=flops / 1e12, **({'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak}
+                                       if cuda else {}))
+        row(what='train stage2/stage1', size=size, ratio=step_ms['stage2'] / step_ms['stage1'])
+        del model, reference, fwd, ref_fwd, opt
+        if cuda:
+            torch.cuda.empty_cache()
+
+    if 'attention' in sections:
+        H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+        for n, b in spec['attn'].items():
+            def fwd_bwd(attend, length):  # forward only on CPU, where FlexAttention has no backward
+                q, k, v = (torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16, requires_grad=cuda)
+                           for _ in range(3))
+                grad = torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16)
+                return lambda: attend(q, k, v).backward(grad) if cuda else attend(q, k, v)
+            flex = compiled_flex_attention() if cuda else torch.nn.attention.flex_attention.flex_attention
+            block_mask = training_mask(n, B, dev, True)
+            dense = training_mask(n, B, dev, False)
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            t = {name: timed(fwd_bwd(fn, 2 * n), warmup, repeats) for name, fn in (
+                ('flex', lambda q, k, v: flex(q, k, v, block_mask=block_mask)),
+                ('sdpa_dense_mask', lambda q, k, v: sdpa(q, k, v, attn_mask=dense)),
+                ('sdpa_causal', lambda q, k, v: sdpa(q, k, v, is_causal=True)))}
+            row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
+                flex_over_causal=t['flex'] / t['sdpa_causal'])
+            # inference: one block of B queries against a cache of n - B keys plus itself (no mask needed)
+            q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)
+            k, v = (torch.randn(64, H, n, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+            assert inference_mask(B, n - B, B, dev) is None  # the sampler's case: SDPA with no mask at all
+            t_sdpa = timed(lambda: sdpa(q, k, v), warmup, repeats)
+            t_dense = timed(lambda: sdpa(q, k, v, attn_mask=torch.ones(B, n, dtype=torch.bool, device=dev)),
+                            warmup, repeats)
+            row(what='attention inference fwd (block vs cache)', size=size, L=n, batch=64, sdpa_ms=t_sdpa,
+                sdpa_dense_mask_ms=t_dense)
+
+    if 'sample' in sections:
+        torch.manual_seed(0)
+        model = BlockDiffusionLM(cfg).to(dev).eval()
+        for b in spec['sample_batches']:
+            prompt = torch.randint(0, V - 2, (b, B), device=dev)  # one block of prompt, then `blocks` new blocks
+            new = spec['blocks'] * B
+            t_ms, per_pass = {}, {}
+            for use_cache in (True, False):
+                for k in (1, 2, 4, 8):
+                    for method in ('baseline', 'rcd'):
+                        def run():
+                            with autocast:
+                                return generate(model, prompt, new, tokens_per_step=k, use_cache=use_cache,
+                                                alpha_mode='entropy' if method == 'rcd' else None)
+                        passes = int(run()[1][0])
+                        ms = t_ms[method, use_cache, k] = timed(run, 1, max(3, repeats // 5))
+                        per_pass[method, use_cache, k] = ms / passes
+                        row(what='sample', size=size, batch=b, method=method, kv_cache=use_cache, tokens_per_step=k,
+                            forward_passes=passes, ms=ms, tokens_per_s=b * new / (ms / 1000),
+                            ms_per_pass=ms / passes)
+            for k in (1, 2, 4, 8):
+                row(what='sample summary', size=size, batch=b, tokens_per_step=k,
+                    rcd_overhead_per_pass=per_pass['rcd', True, k] / per_pass['baseline', True, k] - 1,
+                    kv_cache_speedup=t_ms['baseline', False, k] / t_ms['baseline', True, k])
+        del model
+
+if out:
+    with open(out, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
