@@ -94,14 +94,15 @@ for size in sizes.split(','):
         model = BlockDiffusionLM(cfg).to(dev)
         reference = BlockDiffusionLM(cfg).to(dev).eval().requires_grad_(False)
         fwd = torch.compile(model) if compile and cuda else model
-        ref_fwd = torch.compile(reference) if compile and cuda else reference
         opt = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), dev.type)
         b = spec['train_batch']
         x0 = torch.randint(0, V - 2, (b, L), device=dev)
         prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
         gen = torch.Generator(dev).manual_seed(0)
-        use = torch.ones(b, 1, dtype=torch.bool, device=dev)
-        residual = rcd.reference_residual(ref_fwd, model.wte.weight, cfg.mask_id, use, 'entropy')
+        residual_fn = torch.compile(rcd.reference_residual) if compile and cuda else rcd.reference_residual
+
+        def residual(x_t, x0, masked):  # as train_stage2.py, every row with residuals
+            return residual_fn(reference, model.wte.weight, cfg.mask_id, x_t, x0, masked, 'entropy')
         step_ms = {}
         for stage, res in (('stage1', None), ('stage2', residual)):
             def step():
@@ -117,7 +118,7 @@ for size in sizes.split(','):
                 tflops=flops / 1e12, **({'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak}
                                        if cuda else {}))
         row(what='train stage2/stage1', size=size, ratio=step_ms['stage2'] / step_ms['stage1'])
-        del model, reference, fwd, ref_fwd, opt
+        del model, reference, fwd, opt
         if cuda:
             torch.cuda.empty_cache()
 

@@ -192,12 +192,14 @@ class BlockDiffusionLM(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x_t, x0=None, delta=None, cache=None, write_cache=False):
-        """Logits (b, n, V) for the tokens x_t (b, n).
+    def forward(self, x_t, x0=None, delta=None, cache=None, write_cache=False, loss_weights=None):
+        """Logits (b, n, V) for the tokens x_t (b, n); with loss_weights (training), the diffusion loss instead.
         Training (x0 given, n = L): reads x_t ⊕ x0 under the §2 mask; both halves use positions 0..L-1.
         Inference (no x0): x_t is a chunk of whole blocks that starts where `cache` ends (at 0 without a cache);
         it attends to the cache and, block-causally, to itself. write_cache=True appends its keys/values.
-        delta (b, n, d), optional: added to x_t's input embeddings (the hook RCD injects residuals through)."""
+        delta (b, n, d), optional: added to x_t's input embeddings (the hook RCD injects residuals through).
+        loss_weights (b, n), optional: per-token weights of the cross-entropy against x0 (see loss_weights()); the loss
+        is computed here so that torch.compile fuses it with the output head (and DDP sees one forward)."""
         b, n = x_t.shape
         start = cache.length if cache is not None else 0
         if start + n > self.cfg.seq_len:
@@ -216,7 +218,8 @@ class BlockDiffusionLM(nn.Module):
             h = block(h, cos, sin, mask, cache)
         if cache is not None and write_cache:
             cache.length += n
-        return self.lm_head(self.norm(h[:, :n]))  # logits only for x_t (the x0 half only serves as context)
+        logits = self.lm_head(self.norm(h[:, :n]))  # logits only for x_t (the x0 half only serves as context)
+        return logits if loss_weights is None else diffusion_loss(logits, x0, loss_weights)
 
     def configure_optimizer(self, weight_decay, lr, betas, device_type):
         """AdamW; weight decay on matrices only (not norms)."""
@@ -248,14 +251,18 @@ def add_noise(x0, prompt_mask, block_size, mask_id, t_min, t_max, generator):
     return torch.where(masked, mask_id, x0), masked, t
 
 
-def diffusion_loss(logits, x0, masked, t, prompt_mask, weighting):
-    """Cross-entropy of the clean tokens at masked positions. 'elbo': each weighted by 1/t, summed, divided by the
-    number of noisable tokens (the diffusion ELBO per token); 'mean': plain mean over masked positions."""
-    ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction='none').view_as(x0)
-    ce = ce * masked
+def loss_weights(masked, t, prompt_mask, weighting):
+    """Per-token weights of the cross-entropy: masked positions only. 'elbo': each weighted by 1/t and divided by the
+    number of noisable tokens (the diffusion ELBO per token); 'mean': a plain mean over the masked positions."""
     if weighting == 'elbo':
-        return (ce / t).sum() / (~prompt_mask).sum().clamp(min=1)
-    return ce.sum() / masked.sum().clamp(min=1)
+        return masked / t / (~prompt_mask).sum().clamp(min=1)
+    return masked / masked.sum().clamp(min=1)
+
+
+def diffusion_loss(logits, x0, weights):
+    """Σ weights · cross-entropy of the clean tokens x0 under logits (in float32: bf16 log-probabilities are coarse)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction='none').view_as(x0)
+    return (ce * weights).sum()
 
 
 def training_loss(forward, cfg, x0, prompt_mask, generator, rate_min, rate_max, weighting, residual=None):
@@ -264,4 +271,4 @@ def training_loss(forward, cfg, x0, prompt_mask, generator, rate_min, rate_max, 
     ModelConfig. Stage 2 passes residual(x_t, x0, masked) -> delta, the residual inputs at the masked positions (§5)."""
     x_t, masked, t = add_noise(x0, prompt_mask, cfg.block_size, cfg.mask_id, rate_min, rate_max, generator)
     delta = residual(x_t, x0, masked) if residual is not None else None
-    return diffusion_loss(forward(x_t, x0, delta), x0, masked, t, prompt_mask, weighting)
+    return forward(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, weighting))

@@ -71,12 +71,10 @@ def residual_delta(probs, embedding, mask_id, remasked, mode, constant=0.5):
     return delta * remasked[..., None].to(delta.dtype)
 
 
-def reference_residual(reference, embedding, mask_id, use, mode, constant=0.5, temperature=1.0):
-    """Stage 2 (SPEC §5): residual(x_t, x0, masked) -> delta for model.training_loss. The frozen reference model
-    predicts the masked positions of x_t (no gradient: no backpropagation through denoising steps); the rows where
-    `use` (b, 1) is set get those predictions as residual inputs, built with the target's own `embedding`."""
-    def residual(x_t, x0, masked):
-        with torch.no_grad():
-            probs = residual_probs(reference(x_t, x0), mask_id, temperature)
-        return residual_delta(probs, embedding, mask_id, masked & use, mode, constant)
-    return residual
+def reference_residual(reference, embedding, mask_id, x_t, x0, remasked, mode, constant=0.5, temperature=1.0):
+    """Stage 2 (SPEC §5): the residual inputs (delta) the target reads. The frozen reference model predicts x_t's
+    masked positions (no gradient: no backpropagation through denoising steps); the `remasked` positions get those
+    predictions as residuals, built with the target's own `embedding`. (b, L) -> (b, L, d)."""
+    with torch.no_grad():
+        probs = residual_probs(reference(x_t, x0), mask_id, temperature)
+    return residual_delta(probs, embedding, mask_id, remasked, mode, constant)

@@ -90,7 +90,7 @@ else:
                              keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
     reference = trainer.build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval().requires_grad_(False)
     print(f'reference model: {reference.num_params() / 1e6:.2f}M parameters, frozen')
-ref_forward = torch.compile(reference) if compile and device.type == 'cuda' else reference
+residual_fn = torch.compile(rcd.reference_residual) if compile and device.type == 'cuda' else rcd.reference_residual
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
 if init_from == 'resume':
     optimizer.load_state_dict(ckpt['optimizer'])
@@ -101,8 +101,10 @@ batches = trainer.Batches(meta, model.cfg.seq_len, batch_size, device)
 def loss_fn(forward, x0, prompt_mask, generator):
     """SPEC §5: the reference's predictions on x_t become residual inputs; the target denoises x_t with them."""
     use = torch.rand(x0.shape[0], 1, device=x0.device, generator=generator) < residual_fraction
-    residual = rcd.reference_residual(ref_forward, model.wte.weight, model.cfg.mask_id, use, alpha_mode,
-                                      alpha_constant, residual_temperature)
+
+    def residual(x_t, x0, masked):
+        return residual_fn(reference, model.wte.weight, model.cfg.mask_id, x_t, x0, masked & use, alpha_mode,
+                           alpha_constant, residual_temperature)
     return training_loss(forward, model.cfg, x0, prompt_mask, generator, mask_rate_min, mask_rate_max,
                          loss_weighting, residual)
 

@@ -291,5 +291,6 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
             t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
     pbar.close()
     if n_proc > 1:
+        dist.barrier()  # rank 0 may still be saving: leave together
         dist.destroy_process_group()
     return best_val_loss

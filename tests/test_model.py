@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from model import (BlockDiffusionLM, KVCache, ModelConfig, add_noise, attention, diffusion_loss, inference_mask,
+                   loss_weights,
                    training_mask, training_mask_mod)
 
 CPU = torch.device('cpu')
@@ -133,9 +134,10 @@ def test_loss_on_a_hand_made_batch():
     t = torch.tensor([[0.5, 0.5, 0.25, 0.25]])
     prompt = torch.tensor([[True, False, False, False]])
     ce1, ce2 = -math.log(3 / 5), -math.log(1 / 3)  # position 1 (p = 3/5), position 2 (uniform over 3)
-    elbo = diffusion_loss(logits, x0, masked, t, prompt, 'elbo')
+    elbo = diffusion_loss(logits, x0, loss_weights(masked, t, prompt, 'elbo'))
     assert math.isclose(elbo.item(), (ce1 / 0.5 + ce2 / 0.25) / 3, rel_tol=1e-5)  # 3 noisable tokens
-    assert math.isclose(diffusion_loss(logits, x0, masked, t, prompt, 'mean').item(), (ce1 + ce2) / 2, rel_tol=1e-5)
+    mean = diffusion_loss(logits, x0, loss_weights(masked, t, prompt, 'mean'))
+    assert math.isclose(mean.item(), (ce1 + ce2) / 2, rel_tol=1e-5)
 
 
 def test_flops_count():
