@@ -164,8 +164,8 @@ for size in sizes.split(','):
                             with autocast:
                                 return generate(model, prompt, new, tokens_per_step=k, use_cache=use_cache,
                                                 alpha_mode='entropy' if method == 'rcd' else None)
-                        passes = int(run()[1][0])
-                        ms = t_ms[method, use_cache, k] = timed(run, 1, max(3, repeats // 5))
+                        passes = int(run()[1][0])  # also the warm-up
+                        ms = t_ms[method, use_cache, k] = timed(run, 0, max(3, repeats // 5))
                         per_pass[method, use_cache, k] = ms / passes
                         row(what='sample', size=size, batch=b, method=method, kv_cache=use_cache, tokens_per_step=k,
                             forward_passes=passes, ms=ms, tokens_per_s=b * new / (ms / 1000),

@@ -13,17 +13,15 @@ predictions into the next step (rcd.py, SPEC §4). It works on any checkpoint: a
 residuals; a stage-1 model was not (an ablation). --rcd=True --alpha_mode=none is exactly the plain sampler.
 
     python sample.py --ckpt=out/stage1/ckpt.pt --prompt='12+34-5=?\\n'
-    python sample.py --ckpt=out/stage1/ckpt.pt --eval_test=True --tokens_per_step=4   # reasoning test accuracy
-    python sample.py --ckpt=out/stage2/ckpt.pt --eval_test=True --tokens_per_step=4 --rcd=True
+    python sample.py --ckpt=out/stage2/ckpt.pt --rcd=True --tokens_per_step=4
+Test-split accuracy over a sweep of decoding budgets: eval.py.
 """
 import math
 import os
 import pickle
 import sys
-import time
 
 import torch
-from tqdm import tqdm
 
 import trainer
 from configurator import configure
@@ -45,9 +43,6 @@ alpha_mode = 'entropy'       # with rcd: 'entropy' (paper), 'confidence', 'const
 alpha_constant = 0.5         # α for alpha_mode='constant'
 residual_temperature = 1.0   # T_res: residuals are built from softmax(logits / T_res)
 warm_start = ''              # with rcd: a reference checkpoint whose predictions seed each block's first step
-eval_test = False            # score exact-answer accuracy on the dataset's test split (reasoning)
-n_test = 0                   # how many test problems to score (0 = all)
-batch_size = 256
 device = 'auto'
 dtype = 'auto'
 seed = 1337
@@ -138,76 +133,46 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     return x[:, :p + max_new_tokens], passes
 
 
-def answer_of(text, prefix):
-    """The final answer: what follows the last `prefix` on its line, or None."""
-    return text.rsplit(prefix, 1)[1].split('\n')[0].strip() if prefix in text else None
+def load_models(ckpt, warm_start, dev):
+    """(model, meta, tokenizer, reference or None) from a checkpoint and an optional warm-start reference checkpoint."""
+    state = trainer.load_checkpoint(ckpt)
+    model = trainer.build_model(state['model_args'], state['model']).to(dev).eval()
+    reference = None
+    if warm_start:
+        ref_state = trainer.load_checkpoint(warm_start)
+        trainer.check_compatible(ref_state, state, 'warm_start', 'ckpt')
+        reference = trainer.build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
+    return model, state['meta'], Tokenizer(state['meta']), reference
 
 
-def score_test(model, tok, meta, n_test, batch_size, autocast, **decode):
-    """Exact-answer accuracy on data/<dataset>/test.pkl and mean forward passes per answer. Problems are batched by
-    prompt length, so every row of a batch shares the same block alignment."""
-    path = os.path.join(trainer.dataset_dir(meta['dataset']), 'test.pkl')
-    if 'answer_prefix' not in meta or not os.path.isfile(path):
-        trainer.fail(f"dataset '{meta['dataset']}' has no scorable test split ({path}); run its prepare.py")
-    with open(path, 'rb') as f:
-        problems = pickle.load(f)[:n_test or None]
-    by_len = {}
-    for q, solution in problems:
-        by_len.setdefault(len(tok.encode(q)), []).append((q, solution))
-    correct, passes, dev = 0, 0, model.wte.weight.device
-    bar = tqdm(total=len(problems), desc='test', dynamic_ncols=True)
-    for p_len, group in sorted(by_len.items()):
-        for i in range(0, len(group), batch_size):
-            chunk = group[i:i + batch_size]
-            ids = torch.tensor([tok.encode(q) for q, _ in chunk], device=dev)
-            with autocast:
-                out, n_pass = generate(model, ids, meta['row_len'] - p_len, eos_id=meta['eos_id'], **decode)
-            for (q, solution), row in zip(chunk, out[:, p_len:].tolist()):
-                pred = answer_of(tok.decode(row), meta['answer_prefix'])
-                correct += pred is not None and pred == answer_of(solution, meta['answer_prefix'])
-            passes += int(n_pass.sum())
-            bar.update(len(chunk))
-    bar.close()
-    return correct / len(problems), passes / len(problems), len(problems)
-
-
-if __name__ == '__main__':
-    configure(globals(), [k for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)],
-              sys.argv[1:])
+def check_decoding(tokens_per_step, threshold, temperature, alpha_mode, residual_temperature, rcd, warm_start):
     if tokens_per_step < 1 or not 0.0 <= threshold <= 1.0 or temperature < 0 or residual_temperature <= 0:
         trainer.fail('need tokens_per_step >= 1, 0 <= threshold <= 1, temperature >= 0 and residual_temperature > 0')
     if alpha_mode not in ALPHA_MODES:
         trainer.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(ALPHA_MODES)}")
     if warm_start and not rcd:
         trainer.fail('warm_start seeds the residual of RCD sampling: use it with --rcd=True')
+
+
+if __name__ == '__main__':
+    configure(globals(), [k for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)],
+              sys.argv[1:])
+    check_decoding(tokens_per_step, threshold, temperature, alpha_mode, residual_temperature, rcd, warm_start)
     torch.manual_seed(seed)
     dev, autocast = trainer.setup_device(device, dtype)
-    state = trainer.load_checkpoint(ckpt)
-    model = trainer.build_model(state['model_args'], state['model']).to(dev).eval()
-    meta, tok = state['meta'], Tokenizer(state['meta'])
-    reference = None
-    if warm_start:
-        ref_state = trainer.load_checkpoint(warm_start)
-        trainer.check_compatible(ref_state, state, 'warm_start', 'ckpt')
-        reference = trainer.build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
+    model, meta, tok, reference = load_models(ckpt, warm_start, dev)
     rule = (f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step') + \
         (f', RCD alpha={alpha_mode}' + (' + warm start' if warm_start else '') if rcd else '')
     decode = dict(tokens_per_step=tokens_per_step, threshold=threshold, temperature=temperature, use_cache=use_cache,
                   generator=torch.Generator(dev).manual_seed(seed), alpha_mode=alpha_mode if rcd else None,
                   alpha_constant=alpha_constant, residual_temperature=residual_temperature, reference=reference)
-    if eval_test:
-        t0 = time.perf_counter()
-        acc, mean_passes, n = score_test(model, tok, meta, n_test, batch_size, autocast, **decode)
-        print(f'{rule}: accuracy {100 * acc:.1f}% on {n} test problems, {mean_passes:.1f} forward passes per answer, '
-              f'{time.perf_counter() - t0:.1f}s (block_size {model.cfg.block_size})')
-    else:
-        texts = [prompt.replace('\\n', '\n')] * num_samples
-        if not prompt and 'answer_prefix' in meta:  # reasoning: the first few test problems
-            with open(os.path.join(trainer.dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
-                texts = [q for q, _ in pickle.load(f)[:num_samples]]
-        for text in texts:
-            ids = torch.tensor([tok.encode(text)], dtype=torch.long, device=dev)
-            with autocast:
-                out, n_pass = generate(model, ids, max_new_tokens or model.cfg.seq_len - ids.shape[1],
-                                       eos_id=meta['eos_id'], **decode)
-            print(f'--- {rule}, {int(n_pass)} forward passes\n{text}{tok.decode(out[0, ids.shape[1]:].tolist())}')
+    texts = [prompt.replace('\\n', '\n')] * num_samples
+    if not prompt and 'answer_prefix' in meta:  # reasoning: the first few test problems
+        with open(os.path.join(trainer.dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
+            texts = [q for q, _ in pickle.load(f)[:num_samples]]
+    for text in texts:
+        ids = torch.tensor([tok.encode(text)], dtype=torch.long, device=dev)
+        with autocast:
+            out, n_pass = generate(model, ids, max_new_tokens or model.cfg.seq_len - ids.shape[1],
+                                   eos_id=meta['eos_id'], **decode)
+        print(f'--- {rule}, {int(n_pass)} forward passes\n{text}{tok.decode(out[0, ids.shape[1]:].tolist())}')

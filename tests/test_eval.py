@@ -1,0 +1,92 @@
+"""The decoding sweep (eval.py), its records and confidence intervals, the recipe's extra stage-2 option, and the
+benchmark's CPU smoke run."""
+import json
+import math
+import os
+
+import pytest
+
+from conftest import TINY, run_script
+from eval import wilson_interval
+
+
+def test_wilson_interval_by_hand():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and math.isclose(hi, 3.8416 / 13.8416, rel_tol=1e-4)  # z^2 / (n + z^2) when nothing is right
+    lo, hi = wilson_interval(50, 100)
+    assert math.isclose(lo, 0.4038, abs_tol=1e-4) and math.isclose(hi, 0.5962, abs_tol=1e-4)
+    assert wilson_interval(7, 7)[1] == 1.0
+
+
+@pytest.fixture(scope='module')
+def tiny_ckpt(tiny_reasoning, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('eval_stage1'))
+    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64', f'--out_dir={out}',
+                   '--max_iters=20', '--eval_interval=20', '--learning_rate=3e-3')
+    assert r.returncode == 0, r.stderr
+    return os.path.join(out, 'ckpt.pt')
+
+
+def sweep(ckpt, records, *extra):
+    r = run_script('eval.py', f'--ckpt={ckpt}', f'--records={records}', '--device=cpu', '--n_test=30',
+                   '--tokens_per_step=1,8', '--thresholds=0.9', *extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(records) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
+    records = str(tmp_path / 'results.jsonl')
+    base = sweep(tiny_ckpt, records)
+    assert [(r['rule'], r['tokens_per_step'], r['threshold']) for r in base] == \
+        [('static', 1, None), ('static', 8, None), ('threshold', None, 0.9)]
+    for r in base:
+        assert r['label'] == 'baseline' and r['n'] == 30 and r['correct'] == round(r['accuracy'] * 30)
+        assert r['ci95'][0] <= r['accuracy'] <= r['ci95'][1] and r['wall_s'] > 0
+    assert base[1]['mean_passes'] < base[0]['mean_passes']  # 8 tokens per step needs fewer passes than 1
+    # RCD with alpha = 0 is the same sampler: the same answers at the same cost, appended to the same file
+    rows = sweep(tiny_ckpt, records, '--rcd=True', '--alpha_mode=none', '--label=alpha0')
+    assert len(rows) == 6
+    for a, b in zip(rows[:3], rows[3:]):
+        assert b['label'] == 'alpha0' and (a['correct'], a['mean_passes']) == (b['correct'], b['mean_passes'])
+
+
+def test_plot_from_records(tiny_ckpt, tmp_path):
+    pytest.importorskip('matplotlib')
+    records = str(tmp_path / 'results.jsonl')
+    sweep(tiny_ckpt, records)
+    r = run_script('eval.py', f'--plot={records}')
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(tmp_path / 'results.png') > 1000
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--thresholds=a,b'], "must be comma-separated numbers"),
+    (['--tokens_per_step=0'], 'tokens per step >= 1'),
+    (['--warm_start=x.pt'], 'use it with --rcd=True'),
+    (['--plot=/no/such/records.jsonl'], "records file '/no/such/records.jsonl' not found"),
+])
+def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message):
+    r = run_script('eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', *args)
+    assert r.returncode != 0 and message in r.stdout + r.stderr and 'Traceback' not in r.stderr
+
+
+def test_stage2_with_the_targets_own_residuals(tiny_reasoning, tiny_ckpt, tmp_path):
+    r = run_script('train_stage2.py', *TINY, f'--dataset={tiny_reasoning}', f'--init_from={tiny_ckpt}',
+                   '--reference_ckpt=self', f'--out_dir={tmp_path}', '--max_iters=2', '--eval_interval=2')
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(tmp_path / 'ckpt.pt')
+
+
+def test_bench_smoke_runs_on_cpu(tmp_path):
+    out = str(tmp_path / 'bench.jsonl')
+    r = run_script('bench.py', f'--out={out}')
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        rows = [json.loads(line) for line in f]
+    whats = {r['what'] for r in rows}
+    assert {'train stage1', 'train stage2', 'train stage2/stage1', 'attention train fwd+bwd (2L)', 'sample',
+            'sample summary'} <= whats
+    passes = {(r['kv_cache'], r['tokens_per_step']): r['forward_passes'] for r in rows
+              if r['what'] == 'sample' and r['method'] == 'baseline' and r['batch'] == 1}
+    assert passes[False, 1] == 16 and passes[True, 1] == 17  # 2 blocks of 8: 16 steps, + 1 cache fill with the cache
