@@ -6,7 +6,7 @@
 #   bash config/recipe.sh gpu        # one GPU (an H100: about 7 minutes)
 #   bash config/recipe.sh cpu        # 2 CPU cores: a toy that runs the same pipeline (the numbers are poor)
 #
-# Ablations, one value each (environment variables; defaults in brackets). Models already trained under OUT are
+# Ablations, one value each (environment variables; defaults in brackets). Models already trained under RUN_DIR are
 # reused, so an ablation after the main run costs only its own stage 2 and sweep:
 #   ALPHA=entropy|confidence|constant|none   the residual weight, in stage 2 and in sampling [entropy]
 #   WARM=1                                    warm-start each block's first step from the stage-1 model [0]
@@ -23,36 +23,36 @@ case $MODE in
   cpu) S1=(config/quick_cpu.py); S2=(config/quick_cpu_stage2.py); N_TEST=200; ITERS=${STAGE2_ITERS:-150} ;;
   *) echo "usage: bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
 esac
-OUT=${RUN_DIR:-out/recipe_${MODE}_b$BLOCK}
+RUN_DIR=${RUN_DIR:-out/recipe_${MODE}_b$BLOCK}
 S1+=(--block_size="$BLOCK")
-S2+=(--max_iters="$ITERS" --lr_decay_iters="$ITERS" --init_from="$OUT/stage1/ckpt.pt")
+S2+=(--max_iters="$ITERS" --lr_decay_iters="$ITERS" --init_from="$RUN_DIR/stage1/ckpt.pt")
 EVAL=(--n_test="$N_TEST")
 START=$(date +%s)
-mkdir -p "$OUT"
+mkdir -p "$RUN_DIR"
 
-[ -f "$OUT/stage1/ckpt.pt" ] || python train_stage1.py "${S1[@]}" --out_dir="$OUT/stage1"
+[ -f "$RUN_DIR/stage1/ckpt.pt" ] || python train_stage1.py "${S1[@]}" --out_dir="$RUN_DIR/stage1"
 # the baseline: stage 1 continued with exactly stage 2's data, iterations and schedule, without residuals
-[ -f "$OUT/baseline_$ITERS/ckpt.pt" ] || python train_stage2.py "${S2[@]}" --reference_ckpt="$OUT/stage1/ckpt.pt" \
-  --alpha_mode=none --out_dir="$OUT/baseline_$ITERS"
-[ -f "$OUT/baseline_$ITERS.jsonl" ] || python eval.py --ckpt="$OUT/baseline_$ITERS/ckpt.pt" --label=baseline \
-  --records="$OUT/baseline_$ITERS.jsonl" "${EVAL[@]}"
+[ -f "$RUN_DIR/baseline_$ITERS/ckpt.pt" ] || python train_stage2.py "${S2[@]}" --reference_ckpt="$RUN_DIR/stage1/ckpt.pt" \
+  --alpha_mode=none --out_dir="$RUN_DIR/baseline_$ITERS"
+[ -f "$RUN_DIR/baseline_$ITERS.jsonl" ] || python eval.py --ckpt="$RUN_DIR/baseline_$ITERS/ckpt.pt" --label=baseline \
+  --records="$RUN_DIR/baseline_$ITERS.jsonl" "${EVAL[@]}"
 
-REF_CKPT=$OUT/stage1/ckpt.pt
+REF_CKPT=$RUN_DIR/stage1/ckpt.pt
 if [ "$REF" = small ]; then
-  REF_CKPT=$OUT/reference_small/ckpt.pt
-  [ -f "$REF_CKPT" ] || python train_stage1.py "${S1[@]}" --n_layer=2 --out_dir="$OUT/reference_small"
+  REF_CKPT=$RUN_DIR/reference_small/ckpt.pt
+  [ -f "$REF_CKPT" ] || python train_stage1.py "${S1[@]}" --n_layer=2 --out_dir="$RUN_DIR/reference_small"
 elif [ "$REF" = self ]; then
   REF_CKPT=self
 fi
-RCD=$OUT/rcd_${ALPHA}_ref-${REF}_$ITERS
+RCD=$RUN_DIR/rcd_${ALPHA}_ref-${REF}_$ITERS
 [ -f "$RCD/ckpt.pt" ] || python train_stage2.py "${S2[@]}" --reference_ckpt="$REF_CKPT" --alpha_mode="$ALPHA" \
   --out_dir="$RCD"
 
 RECORDS=$RCD/results.jsonl; LABEL="RCD ($ALPHA)"; WARM_ARGS=()
 if [ "$WARM" = 1 ]; then
-  RECORDS=$RCD/results_warm.jsonl; LABEL="RCD ($ALPHA, warm start)"; WARM_ARGS=(--warm_start="$OUT/stage1/ckpt.pt")
+  RECORDS=$RCD/results_warm.jsonl; LABEL="RCD ($ALPHA, warm start)"; WARM_ARGS=(--warm_start="$RUN_DIR/stage1/ckpt.pt")
 fi
-cp "$OUT/baseline_$ITERS.jsonl" "$RECORDS"
+cp "$RUN_DIR/baseline_$ITERS.jsonl" "$RECORDS"
 python eval.py --ckpt="$RCD/ckpt.pt" --label="$LABEL" --rcd=True --alpha_mode="$ALPHA" --records="$RECORDS" \
   "${WARM_ARGS[@]}" "${EVAL[@]}"
 python eval.py --plot="$RECORDS" || echo "(no plot without matplotlib; the records are in $RECORDS)"
