@@ -90,6 +90,7 @@ def draw(path):
     """Accuracy (with 95% CI) against mean forward passes per answer, one line per method and rule."""
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
@@ -99,15 +100,18 @@ def draw(path):
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {m: f'C{i}' for i, m in enumerate(dict.fromkeys(r['label'] for r in rows))}  # one colour per method
     for (method, rule) in dict.fromkeys((r['label'], r['rule']) for r in rows):
         pts = sorted((r for r in rows if r['label'] == method and r['rule'] == rule), key=lambda r: r['mean_passes'])
         x, y = [r['mean_passes'] for r in pts], [100 * r['accuracy'] for r in pts]
         err = [[100 * (r['accuracy'] - r['ci95'][0]) for r in pts], [100 * (r['ci95'][1] - r['accuracy']) for r in pts]]
         ax.errorbar(x, y, yerr=err, marker='o' if rule == 'static' else 's', linestyle='-' if rule == 'static' else
-                    '--', capsize=3, label=f'{method} ({rule})')
+                    '--', capsize=3, color=colors[method], label=f'{method} ({rule})')
     ax.set_xlabel('forward passes per answer (denoising steps + cache fills)')
     ax.set_ylabel('exact-answer accuracy (%)')
     ax.set_xscale('log')
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{rows[0]['dataset']}: accuracy vs decoding budget ({rows[0]['n']} test problems, 95% CI)")
