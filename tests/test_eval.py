@@ -72,7 +72,8 @@ def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message):
 
 
 def test_stage2_with_the_targets_own_residuals(tiny_reasoning, tiny_ckpt, tmp_path):
-    r = run_script('train_stage2.py', *TINY, f'--dataset={tiny_reasoning}', f'--init_from={tiny_ckpt}',
+    r = run_script('train_stage2.py', '--device=cpu', '--batch_size=16', '--eval_iters=2', '--log_interval=1',
+                   '--warmup_iters=1', f'--dataset={tiny_reasoning}', f'--init_from={tiny_ckpt}',
                    '--reference_ckpt=self', f'--out_dir={tmp_path}', '--max_iters=2', '--eval_interval=2')
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(tmp_path / 'ckpt.pt')
