@@ -88,6 +88,8 @@ def wilson_interval(correct, n, z=1.96):
 
 def draw(path):
     """Accuracy (with 95% CI) against mean forward passes per answer, one line per method and rule."""
+    if not os.path.isfile(path):
+        trainer.fail(f"records file '{path}' not found; run eval.py on a checkpoint first")
     try:
         import matplotlib
         import matplotlib.ticker
@@ -95,8 +97,6 @@ def draw(path):
         import matplotlib.pyplot as plt
     except ImportError:
         trainer.fail('the plot needs matplotlib (pip install matplotlib); the records are plain JSON lines')
-    if not os.path.isfile(path):
-        trainer.fail(f"records file '{path}' not found; run eval.py on a checkpoint first")
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
