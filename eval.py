@@ -16,7 +16,6 @@ import sys
 import time
 
 import torch
-
 from tqdm import tqdm
 
 import trainer

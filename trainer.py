@@ -217,7 +217,7 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
             with open(log_path, 'a') as f:
                 f.write(json.dumps(record) + '\n')
 
-    def mean_over_ranks(total):
+    def sum_over_ranks(total):
         """A sum computed by each rank over its share of the work, summed over ranks (in place)."""
         if n_proc > 1:
             dist.all_reduce(total)
@@ -232,7 +232,7 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
             for k in range(rank, c.eval_iters, n_proc):  # the same examples and noise at every eval: comparable
                 with autocast:
                     total += loss_fn(compiled, *batch_and_noise(split, 10**9 + k))
-            out[split] = mean_over_ranks(total).item() / c.eval_iters
+            out[split] = sum_over_ranks(total).item() / c.eval_iters
         model.train()
         return out
 
@@ -281,7 +281,7 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
         iter_num += 1
         pbar.update(1)
         if iter_num % c.log_interval == 0:
-            lossf = mean_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
+            lossf = sum_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
             dt = (time.perf_counter() - t_last) / (iter_num - it_last)
             mfu = flops_per_iter / dt / (peak * n_proc) if peak else None
             pbar.set_postfix_str(f'loss {lossf:.4f} | {tokens_per_iter / dt:,.0f} tok/s'
@@ -292,5 +292,6 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
     pbar.close()
     if n_proc > 1:
         dist.barrier()  # rank 0 may still be saving: leave together
+        del fwd  # the DDP wrapper before its process group: torn down the other way round, a rank can hang at exit
         dist.destroy_process_group()
     return best_val_loss
