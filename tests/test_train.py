@@ -137,24 +137,33 @@ def test_bpe_prepare_reads_local_files_and_fails_clearly_without_them(tmp_path):
     assert Tokenizer(meta).decode(ids[:10].tolist()) == 'To be, or '
 
 
-def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
-    """torchrun with 2 processes (gloo on CPU) and grad_accum_steps=2 sees the same micro-batches as one process: the
-    logged losses agree to float rounding, and only rank 0 writes."""
-    one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
-    common = [*TINY, f'--dataset={tiny_reasoning}', '--seq_len=64', '--max_iters=4', '--eval_interval=4',
-              '--grad_accum_steps=2']
-    r = run_script('train_stage1.py', *common, f'--out_dir={one}')
-    assert r.returncode == 0, r.stderr
-    r = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_stage1.py', *common,
-                   f'--out_dir={two}')
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count('config:') == 1 and 'x 2 processes' in r.stdout
-    a, b = read_log(one), read_log(two)
+def assert_same_losses(a, b):
     assert [sorted(x) for x in a] == [sorted(x) for x in b]
     for x, y in zip(a, b):
         for key in ('loss', 'train_loss', 'val_loss'):
             if key in x:
                 assert abs(x[key] - y[key]) < 1e-4 * abs(x[key]), (key, x, y)
-    r = run_script('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train_stage1.py', *common,
-                   '--grad_accum_steps=3', f'--out_dir={two}')
+
+
+def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
+    """torchrun with 2 processes (gloo on CPU) and grad_accum_steps=2 sees the same micro-batches as one process, in
+    stage 1 and in stage 2: the logged losses agree to float rounding, and only rank 0 writes."""
+    torchrun = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    common = ['--device=cpu', '--batch_size=16', '--eval_iters=2', '--log_interval=1', '--warmup_iters=2',
+              f'--dataset={tiny_reasoning}', '--max_iters=4', '--eval_interval=4', '--grad_accum_steps=2']
+    stage1 = [*TINY, *common, '--seq_len=64']
+    r = run_script('train_stage1.py', *stage1, f'--out_dir={tmp_path / "one"}')
+    assert r.returncode == 0, r.stderr
+    r = run_script(*torchrun, 'train_stage1.py', *stage1, f'--out_dir={tmp_path / "two"}')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count('config:') == 1 and 'x 2 processes' in r.stdout
+    assert_same_losses(read_log(tmp_path / 'one'), read_log(tmp_path / 'two'))
+    ckpt = tmp_path / 'one' / 'ckpt.pt'
+    stage2 = [*common, f'--init_from={ckpt}', f'--reference_ckpt={ckpt}']
+    r = run_script('train_stage2.py', *stage2, f'--out_dir={tmp_path / "one2"}')
+    assert r.returncode == 0, r.stderr
+    r = run_script(*torchrun, 'train_stage2.py', *stage2, f'--out_dir={tmp_path / "two2"}')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_losses(read_log(tmp_path / 'one2'), read_log(tmp_path / 'two2'))
+    r = run_script(*torchrun, 'train_stage1.py', *stage1, '--grad_accum_steps=3', f'--out_dir={tmp_path / "two"}')
     assert r.returncode != 0 and 'must be a multiple of the number of processes (2)' in r.stdout + r.stderr
