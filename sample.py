@@ -90,11 +90,10 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     for blk in range(first, end // B):
         s, e = blk * B, (blk + 1) * B
         schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), tokens_per_step)  # same prompt length per row
-        delta = None  # the residual state of this block: none before its first step
+        residual = None  # (probs, positions) the next step's residual is built from: none before a block's first step
         if reference is not None:  # warm start: the reference model's predictions seed the first step's residual
             is_masked = (x[:, s:e] == mask_id) & ~done[:, None]
-            probs = residual_probs(run(reference, caches[1], s, e), mask_id, residual_temperature)
-            delta = residual_delta(probs, model.wte.weight, mask_id, is_masked, alpha_mode, alpha_constant)
+            residual = (residual_probs(run(reference, caches[1], s, e), mask_id, residual_temperature), is_masked)
             passes += is_masked.any(1)
         step = 0
         while True:
@@ -102,6 +101,10 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
             live = is_masked.any(1)
             if not live.any():
                 break
+            delta = None
+            if residual is not None:  # built only when a step reads it: no p·E after a block's last step
+                res_probs, remasked = residual
+                delta = residual_delta(res_probs, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant)
             logits = run(model, caches[0], s, e, delta)
             passes += live
             probs = residual_probs(logits, mask_id, temperature or 1.0)  # never predicts [MASK] itself
@@ -117,10 +120,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
             commit &= is_masked
             x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
             if alpha_mode is not None:  # RCD: the remasked positions keep what this step computed for them
-                res_probs = probs if residual_temperature == (temperature or 1.0) else \
-                    residual_probs(logits, mask_id, residual_temperature)
-                delta = residual_delta(res_probs, model.wte.weight, mask_id, is_masked & ~commit, alpha_mode,
-                                           alpha_constant)
+                residual = (probs if residual_temperature == (temperature or 1.0) else
+                            residual_probs(logits, mask_id, residual_temperature), is_masked & ~commit)
             step += 1
         if eos_id is not None:
             done |= (x[:, s:e] == eos_id).any(1)
