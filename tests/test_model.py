@@ -57,6 +57,7 @@ def test_block_size_one_is_causal():
 
 @pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason='CUDA only'))])
+@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')  # unfused on CPU on purpose
 def test_flex_attention_agrees_with_sdpa(device):
     L, B = 64, 8
     torch.manual_seed(0)
