@@ -1,8 +1,9 @@
 """
 Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2, (b) attention alone:
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
-(c) sampling tokens/s and forward passes, baseline vs RCD, with and without the KV cache. For a GPT-2-small-sized
-model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to 50304) and the tiny default model.
+(c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
+without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
+50304) and the tiny default model.
 GPU times are CUDA events after warm-up, median of repeats. Random weights and tokens: speed does not depend on them,
 and the sampler's static rule makes the number of forward passes fixed. On CPU a tiny smoke version runs.
 
@@ -140,15 +141,15 @@ for size in sizes.split(','):
                 ('sdpa_causal', lambda q, k, v: sdpa(q, k, v, is_causal=True)))}
             row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
                 flex_over_causal=t['flex'] / t['sdpa_causal'])
-            # inference: one block of B queries against a cache of n - B keys plus itself (no mask needed)
+            # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
+            # (all visible here) vs SDPA with no mask at all, the lower bound
             q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)
             k, v = (torch.randn(64, H, n, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
-            assert inference_mask(B, n - B, B, dev) is None  # the sampler's case: SDPA with no mask at all
             t_sdpa = timed(lambda: sdpa(q, k, v), warmup, repeats)
-            t_dense = timed(lambda: sdpa(q, k, v, attn_mask=torch.ones(B, n, dtype=torch.bool, device=dev)),
-                            warmup, repeats)
-            row(what='attention inference fwd (block vs cache)', size=size, L=n, batch=64, sdpa_ms=t_sdpa,
-                sdpa_dense_mask_ms=t_dense)
+            t_mask = timed(lambda: sdpa(q, k, v, attn_mask=inference_mask(n - B + torch.arange(B, device=dev), n, B)),
+                           warmup, repeats)
+            row(what='attention inference fwd (block vs cache)', size=size, L=n, batch=64, sdpa_no_mask_ms=t_sdpa,
+                sampler_ms=t_mask)
 
     if 'sample' in sections:
         torch.manual_seed(0)
@@ -157,23 +158,27 @@ for size in sizes.split(','):
             prompt = torch.randint(0, V - 2, (b, B), device=dev)  # one block of prompt, then `blocks` new blocks
             new = spec['blocks'] * B
             t_ms, per_pass = {}, {}
-            for use_cache in (True, False):
+            caches = ('graph', 'eager', 'none') if cuda else ('eager', 'none')  # graph: the sampler's CUDA default
+            for cache in caches:
                 for k in (1, 2, 4, 8):
                     for method in ('baseline', 'rcd'):
                         def run():
                             with autocast:
-                                return generate(model, prompt, new, tokens_per_step=k, use_cache=use_cache,
+                                return generate(model, prompt, new, tokens_per_step=k, use_cache=cache != 'none',
+                                                cuda_graph=cache == 'graph',
                                                 alpha_mode='entropy' if method == 'rcd' else None)
                         passes = int(run()[1][0])  # also the warm-up
-                        ms = t_ms[method, use_cache, k] = timed(run, 0, max(3, repeats // 5))
-                        per_pass[method, use_cache, k] = ms / passes
-                        row(what='sample', size=size, batch=b, method=method, kv_cache=use_cache, tokens_per_step=k,
+                        ms = t_ms[method, cache, k] = timed(run, 0, max(3, repeats // 5))
+                        per_pass[method, cache, k] = ms / passes
+                        row(what='sample', size=size, batch=b, method=method, kv_cache=cache, tokens_per_step=k,
                             forward_passes=passes, ms=ms, tokens_per_s=b * new / (ms / 1000),
                             ms_per_pass=ms / passes)
             for k in (1, 2, 4, 8):
                 row(what='sample summary', size=size, batch=b, tokens_per_step=k,
-                    rcd_overhead_per_pass=per_pass['rcd', True, k] / per_pass['baseline', True, k] - 1,
-                    kv_cache_speedup=t_ms['baseline', False, k] / t_ms['baseline', True, k])
+                    rcd_overhead_per_pass=per_pass['rcd', caches[0], k] / per_pass['baseline', caches[0], k] - 1,
+                    kv_cache_speedup=t_ms['baseline', 'none', k] / t_ms['baseline', caches[0], k],
+                    **({'graph_over_eager_speedup': t_ms['baseline', 'eager', k] / t_ms['baseline', 'graph', k]}
+                       if cuda else {}))
         del model
 
 if out:

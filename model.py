@@ -54,10 +54,10 @@ def training_mask_mod(seq_len, block_size):
     return mask_mod
 
 
-def block_causal_mask_mod(block_size, q_offset):
-    """Queries at absolute positions q_offset + q see keys at positions kv (from 0) of the same or an earlier block."""
+def block_causal_mask_mod(block_size):
+    """Inference: a query at absolute position q sees the keys at positions kv of the same or an earlier block."""
     def mask_mod(b, h, q, kv):
-        return kv // block_size <= (q + q_offset) // block_size
+        return kv // block_size <= q // block_size
     return mask_mod
 
 
@@ -75,13 +75,10 @@ def training_mask(seq_len, block_size, device, use_flex):
     return dense_mask(mod, n, n, device)
 
 
-@torch.compiler.disable
-@functools.lru_cache(maxsize=None)
-def inference_mask(n_q, q_offset, block_size, device):
-    """Mask of a chunk of n_q tokens starting at q_offset against the cache plus itself; None where all is visible
-    (one block against finished blocks: the common case, where SDPA then needs no mask at all)."""
-    mask = dense_mask(block_causal_mask_mod(block_size, q_offset), n_q, q_offset + n_q, device)
-    return None if bool(mask.all()) else mask
+def inference_mask(q_pos, n_kv, block_size):
+    """Queries at absolute positions q_pos (n_q,) against keys at positions 0..n_kv-1. Built from the position tensor
+    on every call (a few tiny kernels), so a replayed CUDA graph follows a cache position held on the device."""
+    return block_causal_mask_mod(block_size)(None, None, q_pos[:, None], torch.arange(n_kv, device=q_pos.device)[None, :])
 
 
 @functools.cache
@@ -107,23 +104,28 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of the finished blocks, one preallocated (2, b, h, max_len, d) buffer per layer (made on first
-    use). Each forward writes its chunk's keys/values right after the first `length` positions and attends to the
-    buffer up to the chunk's end: no copy of the cache per step. Only write_cache=True advances `length` (once per
-    finished block); a denoising step's chunk is overwritten by the next step."""
+    """Keys and values of the finished blocks, one preallocated (2, b, h, max_len, d) buffer per layer (zeros, made on
+    first use). Each forward writes its chunk's keys/values at positions length.. and attends to the whole buffer under
+    the block-causal mask (positions past the chunk are later blocks: masked). So every denoising step has the same
+    shapes and no copy of the cache, and a CUDA graph of one step can be replayed at any position. advance(n) keeps
+    the chunk (once per finished block); a denoising step's chunk is overwritten by the next step."""
 
-    def __init__(self, n_layer, max_len):
+    def __init__(self, n_layer, max_len, device):
         self.kv, self.max_len, self.length = [None] * n_layer, max_len, 0
+        self.start = torch.zeros((), dtype=torch.long, device=device)  # = length, where a replayed graph reads it
 
-    def extend(self, layer, k, v):
-        """(cache ⊕ k, cache ⊕ v) for this layer, as views of the buffer."""
+    def advance(self, n):
+        self.length += n
+        self.start += n  # in place: a captured graph sees the new value
+
+    def extend(self, layer, pos, k, v):
+        """Write k, v at positions pos; returns this layer's whole key and value buffers."""
         if self.kv[layer] is None:
             b, h, _, d = k.shape
-            self.kv[layer] = torch.empty(2, b, h, self.max_len, d, dtype=k.dtype, device=k.device)
-        end = self.length + k.shape[2]
-        self.kv[layer][0, :, :, self.length:end] = k
-        self.kv[layer][1, :, :, self.length:end] = v
-        return self.kv[layer][0, :, :, :end], self.kv[layer][1, :, :, :end]
+            self.kv[layer] = torch.zeros(2, b, h, self.max_len, d, dtype=k.dtype, device=k.device)
+        self.kv[layer][0].index_copy_(2, pos, k)
+        self.kv[layer][1].index_copy_(2, pos, v)
+        return self.kv[layer][0], self.kv[layer][1]
 
 
 class SelfAttention(nn.Module):
@@ -134,12 +136,12 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, mask, cache):
+    def forward(self, x, pos, cos, sin, mask, cache):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.extend(self.layer, k, v)
+            k, v = cache.extend(self.layer, pos, k, v)
         y = attention(q, k, v, mask).transpose(1, 2).reshape(b, n, d)
         return self.dropout(self.proj(y))
 
@@ -161,8 +163,8 @@ class Block(nn.Module):
         self.norm1, self.attn = nn.RMSNorm(cfg.n_embd), SelfAttention(cfg, layer)
         self.norm2, self.mlp = nn.RMSNorm(cfg.n_embd), MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.attn(self.norm1(x), cos, sin, mask, cache)
+    def forward(self, x, pos, cos, sin, mask, cache):
+        x = x + self.attn(self.norm1(x), pos, cos, sin, mask, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -196,28 +198,30 @@ class BlockDiffusionLM(nn.Module):
         """Logits (b, n, V) for the tokens x_t (b, n); with loss_weights (training), the diffusion loss instead.
         Training (x0 given, n = L): reads x_t ⊕ x0 under the §2 mask; both halves use positions 0..L-1.
         Inference (no x0): x_t is a chunk of whole blocks that starts where `cache` ends (at 0 without a cache);
-        it attends to the cache and, block-causally, to itself. write_cache=True appends its keys/values.
+        it attends to the cache and, block-causally, to itself. write_cache=True keeps its keys/values there.
         delta (b, n, d), optional: added to x_t's input embeddings (the hook RCD injects residuals through).
         loss_weights (b, n), optional: per-token weights of the cross-entropy against x0 (see loss_weights()); the loss
         is computed here so that torch.compile fuses it with the output head (and DDP sees one forward)."""
         b, n = x_t.shape
         start = cache.length if cache is not None else 0
-        if start + n > self.cfg.seq_len:
-            raise ValueError(f'positions {start}..{start + n - 1} exceed the model context seq_len={self.cfg.seq_len}')
+        limit = self.cfg.seq_len if cache is None else min(self.cfg.seq_len, cache.max_len)
+        if start + n > limit:
+            raise ValueError(f'positions {start}..{start + n - 1} exceed the context: {limit} positions (seq_len={self.cfg.seq_len}'
+                             + (f', cache max_len={cache.max_len})' if cache is not None else ')'))
         if x0 is not None:
             mask = training_mask(n, self.cfg.block_size, x_t.device, x_t.is_cuda)
             pos = torch.arange(n, device=x_t.device).repeat(2)
-        else:
-            mask = inference_mask(n, start, self.cfg.block_size, x_t.device)
-            pos = torch.arange(start, start + n, device=x_t.device)
+        else:  # positions from the cache's device-side start: the same code serves a replayed CUDA graph
+            pos = torch.arange(n, device=x_t.device) + (cache.start if cache is not None else 0)
+            mask = inference_mask(pos, cache.max_len if cache is not None else n, self.cfg.block_size)
         h = self.wte(x_t) if delta is None else self.wte(x_t) + delta.to(self.wte.weight.dtype)
         if x0 is not None:
             h = torch.cat((h, self.wte(x0)), dim=1)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         for block in self.blocks:
-            h = block(h, cos, sin, mask, cache)
+            h = block(h, pos, cos, sin, mask, cache)
         if cache is not None and write_cache:
-            cache.length += n
+            cache.advance(n)
         logits = self.lm_head(self.norm(h[:, :n]))  # logits only for x_t (the x0 half only serves as context)
         return logits if loss_weights is None else diffusion_loss(logits, x0, loss_weights)
 

@@ -58,12 +58,13 @@ def commit_counts(n_masked, tokens_per_step):
 @torch.no_grad()
 def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0, temperature=0.0, eos_id=None,
              use_cache=True, generator=None, alpha_mode=None, alpha_constant=0.5, residual_temperature=1.0,
-             reference=None):
+             reference=None, cuda_graph=True):
     """Continue prompt_ids (b, p) by max_new_tokens, block by block. Blocks are aligned to multiples of B from
     position 0, as in training, so the prompt's last partial block is completed in place. A row stops after the
     block in which it commits eos_id. Returns (tokens (b, p + max_new_tokens), forward passes per row (b,)).
     RCD (alpha_mode set, see rcd.py): remasked positions carry their residual into the next step instead of [MASK];
-    with `reference`, each block's first step gets a residual from that model too (warm start, one extra pass)."""
+    with `reference`, each block's first step gets a residual from that model too (warm start, one extra pass).
+    cuda_graph: on CUDA with the cache, each model's one-block pass is a replayed CUDA graph (same tokens, faster)."""
     cfg, (b, p) = model.cfg, prompt_ids.shape
     B, mask_id, dev = cfg.block_size, cfg.mask_id, prompt_ids.device
     end = -(-(p + max_new_tokens) // B) * B  # whole blocks
@@ -71,14 +72,22 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
         raise ValueError(f'prompt ({p}) + max_new_tokens ({max_new_tokens}) exceed the context seq_len={cfg.seq_len}')
     x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), dim=1)
     models = [model] + ([reference] if reference is not None else [])
-    caches = [KVCache(m.cfg.n_layer, m.cfg.seq_len) if use_cache else None for m in models]
+    caches = [KVCache(m.cfg.n_layer, end, dev) if use_cache else None for m in models]
+    graphs = [None] * len(models)  # made on first use when replaying CUDA graphs
     first = p // B
     if use_cache and first > 0:
         for m, cache in zip(models, caches):
             m(x[:, :first * B], cache=cache, write_cache=True)  # prefill the prompt's whole blocks
 
-    def run(m, cache, s, e, delta=None, write=False):
-        """Logits of block [s, e): against the cache, or (no cache) by re-running the whole prefix."""
+    def run(i, s, e, delta=None, write=False):
+        """Logits of block [s, e) from models[i]: against its cache, or (no cache) by re-running the whole prefix."""
+        m, cache = models[i], caches[i]
+        if use_cache and cuda_graph and dev.type == 'cuda':
+            graphs[i] = graphs[i] or block_graph(m, cache, b)
+            logits = graphs[i](x[:, s:e], delta)
+            if write:
+                cache.advance(e - s)
+            return logits
         if use_cache:
             return m(x[:, s:e], cache=cache, delta=delta, write_cache=write)
         full = None if delta is None else torch.cat((delta.new_zeros(b, s, delta.shape[-1]), delta), dim=1)
@@ -93,7 +102,7 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
         residual = None  # (probs, positions) the next step's residual is built from: none before a block's first step
         if reference is not None:  # warm start: the reference model's predictions seed the first step's residual
             is_masked = (x[:, s:e] == mask_id) & ~done[:, None]
-            residual = (residual_probs(run(reference, caches[1], s, e), mask_id, residual_temperature), is_masked)
+            residual = (residual_probs(run(1, s, e), mask_id, residual_temperature), is_masked)
             passes += is_masked.any(1)
         step = 0
         while True:
@@ -105,7 +114,7 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
             if residual is not None:  # built only when a step reads it: no p·E after a block's last step
                 res_probs, remasked = residual
                 delta = residual_delta(res_probs, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant)
-            logits = run(model, caches[0], s, e, delta)
+            logits = run(0, s, e, delta)
             passes += live
             probs = residual_probs(logits, mask_id, temperature or 1.0)  # never predicts [MASK] itself
             pred = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(b, B) if temperature > 0 \
@@ -128,10 +137,40 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
         if done.all() or e == end:
             break
         if use_cache:
-            for m, cache in zip(models, caches):
-                run(m, cache, s, e, write=True)  # append the finished block's keys/values
+            for i in range(len(models)):
+                run(i, s, e, write=True)  # keep the finished block's keys/values
                 passes += ~done
     return x[:, :p + max_new_tokens], passes
+
+
+def block_graph(model, cache, b):
+    """model's forward on one block against `cache`, captured once as a CUDA graph: a replay launches the whole pass
+    at once, where an eager pass is ~400 kernel launches and the host, not the GPU, bounds the sampler. The cache's
+    position lives on the device, so one graph serves every step of every block. Returns replay(x_block, delta)."""
+    cfg = model.cfg
+    x = torch.full((b, cfg.block_size), cfg.mask_id, dtype=torch.long, device=cache.start.device)
+    delta = torch.zeros(b, cfg.block_size, cfg.n_embd, device=x.device)  # no residual = a zero residual
+    # the weight casts become part of the graph: autocast must not cache them across the capture
+    amp = torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'), enabled=torch.is_autocast_enabled('cuda'),
+                         cache_enabled=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), amp:
+        model(x, cache=cache, delta=delta)  # warm-up off the main stream, as capture requires
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), amp:
+        logits = model(x, cache=cache, delta=delta)
+
+    def replay(x_block, delta_block):
+        x.copy_(x_block)
+        if delta_block is None:
+            delta.zero_()
+        else:
+            delta.copy_(delta_block)
+        graph.replay()
+        return logits  # overwritten by the next replay
+    return replay
 
 
 def load_models(ckpt, warm_start, dev):

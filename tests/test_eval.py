@@ -90,4 +90,4 @@ def test_bench_smoke_runs_on_cpu(tmp_path):
             'sample summary'} <= whats
     passes = {(r['kv_cache'], r['tokens_per_step']): r['forward_passes'] for r in rows
               if r['what'] == 'sample' and r['method'] == 'baseline' and r['batch'] == 1}
-    assert passes[False, 1] == 16 and passes[True, 1] == 17  # 2 blocks of 8: 16 steps, + 1 cache fill with the cache
+    assert passes['none', 1] == 16 and passes['eager', 1] == 17  # 2 blocks of 8: 16 steps, + 1 cache fill with the cache

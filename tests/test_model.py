@@ -38,18 +38,16 @@ def test_training_mask_matches_spec(L, B):
     assert mask.float().sum() == L * (L + B)  # the pair count flops_per_sequence() assumes
 
 
-@pytest.mark.parametrize('n_q,offset,B', [(12, 0, 4), (4, 8, 4), (8, 8, 4), (5, 0, 1), (6, 3, 3)])
-def test_inference_mask_is_block_causal(n_q, offset, B):
-    mask = inference_mask(n_q, offset, B, CPU)
-    want = torch.tensor([[k // B <= (offset + q) // B for k in range(offset + n_q)] for q in range(n_q)])
-    if want.all():
-        assert mask is None  # fully visible: SDPA runs without a mask
-    else:
-        assert torch.equal(mask, want)
+@pytest.mark.parametrize('n_q,offset,n_kv,B', [(12, 0, 12, 4), (4, 8, 12, 4), (4, 8, 24, 4), (5, 0, 5, 1), (6, 3, 15, 3)])
+def test_inference_mask_is_block_causal(n_q, offset, n_kv, B):
+    """Queries at positions offset.. against a key buffer of n_kv positions: earlier and own blocks only."""
+    mask = inference_mask(offset + torch.arange(n_q), n_kv, B)
+    want = torch.tensor([[k // B <= (offset + q) // B for k in range(n_kv)] for q in range(n_q)])
+    assert torch.equal(mask, want)
 
 
 def test_block_size_one_is_causal():
-    assert torch.equal(inference_mask(10, 0, 1, CPU), torch.ones(10, 10, dtype=torch.bool).tril())
+    assert torch.equal(inference_mask(torch.arange(10), 10, 1), torch.ones(10, 10, dtype=torch.bool).tril())
     m = training_mask(6, 1, CPU, False)
     assert torch.equal(m[:6, :6], torch.eye(6, dtype=torch.bool))              # x_t token sees only itself ...
     assert torch.equal(m[:6, 6:], torch.ones(6, 6, dtype=torch.bool).tril(-1))  # ... and the clean strict prefix
@@ -75,14 +73,18 @@ def test_kv_cache_matches_full_forward():
     model = tiny_model()
     x = torch.randint(0, 10, (3, 24))
     full = model(x)
-    cache = KVCache(model.cfg.n_layer, model.cfg.seq_len)
+    cache = KVCache(model.cfg.n_layer, 16, CPU)  # a buffer of 16 positions: the unwritten ones must stay invisible
     first = model(x[:, :8], cache=cache, write_cache=True)  # a two-block chunk (block-causal inside)
+    other = model(x[:, 12:16], cache=cache)                   # a step with other tokens, overwritten below
     second = model(x[:, 8:12], cache=cache)                  # one block read against the cache, not stored
-    assert cache.length == 8
+    assert cache.length == 8 and int(cache.start) == 8
     third = model(x[:, 8:12], cache=cache, write_cache=True)
-    assert cache.length == 12
+    assert cache.length == 12 and int(cache.start) == 12
     assert torch.allclose(first, full[:, :8], atol=1e-5)
     assert torch.allclose(second, full[:, 8:12], atol=1e-5) and torch.allclose(third, second)
+    assert not torch.allclose(other, second)
+    with pytest.raises(ValueError, match='exceed the context'):
+        model(x[:, 12:20], cache=cache)  # past the buffer's 16 positions
 
 
 def test_training_logits_equal_per_block_inference():

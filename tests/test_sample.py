@@ -32,6 +32,21 @@ def test_kv_cache_gives_the_same_tokens(rule):
     assert torch.equal(outs[0][0], outs[1][0])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
+@pytest.mark.parametrize('rule', [dict(tokens_per_step=2), dict(threshold=0.3, alpha_mode='entropy'),
+                                  dict(tokens_per_step=1, alpha_mode='entropy', warm_start=True)])
+def test_cuda_graph_gives_the_eager_tokens(rule):
+    """The replayed CUDA graph of a block's pass (the sampler's default on CUDA) against the eager pass, under bf16
+    autocast as in sample.py and eval.py, with a prompt that ends inside a block and rows stopping at <eos>."""
+    model = tiny_model().cuda()
+    reference = tiny_model(4).cuda() if rule.pop('warm_start', False) else None
+    prompt = torch.randint(0, 9, (3, 6), device='cuda')
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        graph, eager = (generate(model, prompt, 20, eos_id=EOS, reference=reference, cuda_graph=g, **rule)
+                        for g in (True, False))
+    assert torch.equal(graph[0], eager[0]) and torch.equal(graph[1], eager[1])
+
+
 def test_static_rule_invariants_and_pass_count():
     model = tiny_model()
     prompt = torch.randint(0, 9, (2, 6))  # blocks of 4: prompt fills block 0 and half of block 1
