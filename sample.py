@@ -83,7 +83,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
         """Logits of block [s, e) from models[i]: against its cache, or (no cache) by re-running the whole prefix."""
         m, cache = models[i], caches[i]
         if use_cache and cuda_graph and dev.type == 'cuda':
-            graphs[i] = graphs[i] or block_graph(m, cache, b)
+            if graphs[i] is None:
+                graphs[i] = block_graph(m, cache, b)
             logits = graphs[i](x[:, s:e], delta)
             if write:
                 cache.advance(e - s)
