@@ -78,7 +78,8 @@ def training_mask(seq_len, block_size, device, use_flex):
 def inference_mask(q_pos, n_kv, block_size):
     """Queries at absolute positions q_pos (n_q,) against keys at positions 0..n_kv-1. Built from the position tensor
     on every call (a few tiny kernels), so a replayed CUDA graph follows a cache position held on the device."""
-    return block_causal_mask_mod(block_size)(None, None, q_pos[:, None], torch.arange(n_kv, device=q_pos.device)[None, :])
+    kv_pos = torch.arange(n_kv, device=q_pos.device)
+    return block_causal_mask_mod(block_size)(None, None, q_pos[:, None], kv_pos[None, :])
 
 
 @functools.cache
@@ -206,8 +207,8 @@ class BlockDiffusionLM(nn.Module):
         start = cache.length if cache is not None else 0
         limit = self.cfg.seq_len if cache is None else min(self.cfg.seq_len, cache.max_len)
         if start + n > limit:
-            raise ValueError(f'positions {start}..{start + n - 1} exceed the context: {limit} positions (seq_len={self.cfg.seq_len}'
-                             + (f', cache max_len={cache.max_len})' if cache is not None else ')'))
+            raise ValueError(f'positions {start}..{start + n - 1} exceed the context: {limit} positions '
+                             f'(seq_len={self.cfg.seq_len}' + (f', cache max_len={cache.max_len})' if cache else ')'))
         if x0 is not None:
             mask = training_mask(n, self.cfg.block_size, x_t.device, x_t.is_cuda)
             pos = torch.arange(n, device=x_t.device).repeat(2)
