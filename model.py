@@ -41,7 +41,8 @@ class ModelConfig:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention masks. Each is one predicate (b, h, q, kv) -> bool over tensors, used by FlexAttention as a mask_mod and
-# evaluated on broadcast index grids to get SDPA's dense boolean mask; built once per shape and cached.
+# evaluated on a grid of (query, key) positions to get SDPA's dense boolean mask. The training mask is built once
+# per shape and cached; the inference mask is rebuilt from the chunk's positions at every call.
 
 def training_mask_mod(seq_len, block_size):
     """SPEC §2: x_t (positions < L) sees its own noised block and the clean earlier blocks; x_0 is block-causal."""
@@ -61,8 +62,9 @@ def block_causal_mask_mod(block_size):
     return mask_mod
 
 
-def dense_mask(mask_mod, n_q, n_kv, device):
-    return mask_mod(None, None, torch.arange(n_q, device=device)[:, None], torch.arange(n_kv, device=device)[None, :])
+def dense_mask(mask_mod, q_pos, kv_pos):
+    """The predicate on every (query, key) pair of positions: a (len(q_pos), len(kv_pos)) bool tensor for SDPA."""
+    return mask_mod(None, None, q_pos[:, None], kv_pos[None, :])
 
 
 @torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
@@ -72,14 +74,14 @@ def training_mask(seq_len, block_size, device, use_flex):
     mod, n = training_mask_mod(seq_len, block_size), 2 * seq_len
     if use_flex:
         return create_block_mask(mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
-    return dense_mask(mod, n, n, device)
+    pos = torch.arange(n, device=device)
+    return dense_mask(mod, pos, pos)
 
 
 def inference_mask(q_pos, n_kv, block_size):
     """Queries at absolute positions q_pos (n_q,) against keys at positions 0..n_kv-1. Built from the position tensor
     on every call (a few tiny kernels), so a replayed CUDA graph follows a cache position held on the device."""
-    kv_pos = torch.arange(n_kv, device=q_pos.device)
-    return block_causal_mask_mod(block_size)(None, None, q_pos[:, None], kv_pos[None, :])
+    return dense_mask(block_causal_mask_mod(block_size), q_pos, torch.arange(n_kv, device=q_pos.device))
 
 
 @functools.cache
@@ -89,7 +91,7 @@ def compiled_flex_attention():
 
 
 def attention(q, k, v, mask):
-    """Scaled dot-product attention under a mask: None (all visible), a dense bool tensor or a flex BlockMask."""
+    """Scaled dot-product attention under a mask: a dense bool tensor (SDPA) or a flex BlockMask (FlexAttention)."""
     if isinstance(mask, BlockMask):
         return compiled_flex_attention()(q, k, v, block_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
