@@ -71,10 +71,16 @@ def residual_delta(probs, embedding, mask_id, remasked, mode, constant=0.5):
     return delta * remasked[..., None].to(delta.dtype)
 
 
+def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, temperature=1.0):
+    """residual_delta of the distributions softmax(logits / T_res): what both stages and the sampler inject.
+    (b, n, V) -> (b, n, d). Compiled on CUDA, its passes over the (b, n, V) probabilities fuse into a few kernels."""
+    return residual_delta(residual_probs(logits, mask_id, temperature), embedding, mask_id, remasked, mode, constant)
+
+
 def reference_residual(reference, embedding, mask_id, x_t, x0, remasked, mode, constant=0.5, temperature=1.0):
     """Stage 2 (SPEC §5): the residual inputs (delta) the target reads. The frozen reference model predicts x_t's
     masked positions (no gradient: no backpropagation through denoising steps); the `remasked` positions get those
     predictions as residuals, built with the target's own `embedding`. (b, L) -> (b, L, d)."""
     with torch.no_grad():
-        probs = residual_probs(reference(x_t, x0), mask_id, temperature)
-    return residual_delta(probs, embedding, mask_id, remasked, mode, constant)
+        logits = reference(x_t, x0)
+    return logits_residual(logits, embedding, mask_id, remasked, mode, constant, temperature)

@@ -16,6 +16,7 @@ residuals; a stage-1 model was not (an ablation). --rcd=True --alpha_mode=none i
     python sample.py --ckpt=out/stage2/ckpt.pt --rcd=True --tokens_per_step=4
 Test-split accuracy over a sweep of decoding budgets: eval.py.
 """
+import functools
 import math
 import os
 import pickle
@@ -27,7 +28,7 @@ import trainer
 from configurator import configure
 from data.tokenizer import Tokenizer
 from model import KVCache
-from rcd import ALPHA_MODES, residual_delta, residual_probs
+from rcd import ALPHA_MODES, logits_residual, residual_probs
 
 # -----------------------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
@@ -74,6 +75,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     models = [model] + ([reference] if reference is not None else [])
     caches = [KVCache(m.cfg.n_layer, end, dev) if use_cache else None for m in models]
     graphs = [None] * len(models)  # made on first use when replaying CUDA graphs
+    probs_of, residual_of = (fused(residual_probs), fused(logits_residual)) if dev.type == 'cuda' else \
+        (residual_probs, logits_residual)
     first = p // B
     if use_cache and first > 0:
         for m, cache in zip(models, caches):
@@ -100,10 +103,12 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     for blk in range(first, end // B):
         s, e = blk * B, (blk + 1) * B
         schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), tokens_per_step)  # same prompt length per row
-        residual = None  # (probs, positions) the next step's residual is built from: none before a block's first step
+        # (logits, positions) the next step's residual is built from: none before a block's first step. A replayed
+        # graph overwrites its logits at its next replay, so the residual is built before the next forward pass.
+        residual = None
         if reference is not None:  # warm start: the reference model's predictions seed the first step's residual
             is_masked = (x[:, s:e] == mask_id) & ~done[:, None]
-            residual = (residual_probs(run(1, s, e), mask_id, residual_temperature), is_masked)
+            residual = (run(1, s, e), is_masked)
             passes += is_masked.any(1)
         step = 0
         while True:
@@ -113,11 +118,12 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
                 break
             delta = None
             if residual is not None:  # built only when a step reads it: no p·E after a block's last step
-                res_probs, remasked = residual
-                delta = residual_delta(res_probs, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant)
+                res_logits, remasked = residual
+                delta = residual_of(res_logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant,
+                                    residual_temperature)
             logits = run(0, s, e, delta)
             passes += live
-            probs = residual_probs(logits, mask_id, temperature or 1.0)  # never predicts [MASK] itself
+            probs = probs_of(logits, mask_id, temperature or 1.0)  # never predicts [MASK] itself
             pred = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(b, B) if temperature > 0 \
                 else probs.argmax(-1)
             conf = probs.gather(-1, pred[..., None]).squeeze(-1).masked_fill(~is_masked, -1.0)
@@ -130,8 +136,7 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
             commit &= is_masked
             x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
             if alpha_mode is not None:  # RCD: the remasked positions keep what this step computed for them
-                residual = (probs if residual_temperature == (temperature or 1.0) else
-                            residual_probs(logits, mask_id, residual_temperature), is_masked & ~commit)
+                residual = (logits, is_masked & ~commit)
             step += 1
         if eos_id is not None:
             done |= (x[:, s:e] == eos_id).any(1)
@@ -142,6 +147,12 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
                 run(i, s, e, write=True)  # keep the finished block's keys/values
                 passes += ~done
     return x[:, :p + max_new_tokens], passes
+
+
+@functools.cache
+def fused(fn):
+    """fn compiled: inductor fuses its passes over the (b, B, V) float32 probabilities, which eager runs one by one."""
+    return torch.compile(fn)
 
 
 def block_graph(model, cache, b):
