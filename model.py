@@ -197,11 +197,12 @@ class BlockDiffusionLM(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x_t, x0=None, delta=None, cache=None, write_cache=False, loss_weights=None):
+    def forward(self, x_t, x0=None, delta=None, cache=None, loss_weights=None):
         """Logits (b, n, V) for the tokens x_t (b, n); with loss_weights (training), the diffusion loss instead.
         Training (x0 given, n = L): reads x_t ⊕ x0 under the §2 mask; both halves use positions 0..L-1.
         Inference (no x0): x_t is a chunk of whole blocks that starts where `cache` ends (at 0 without a cache);
-        it attends to the cache and, block-causally, to itself. write_cache=True keeps its keys/values there.
+        it attends to the cache and, block-causally, to itself. Its keys/values are written at the cache's end and
+        stay there only if the caller then calls cache.advance(n) (the next chunk overwrites them otherwise).
         delta (b, n, d), optional: added to x_t's input embeddings (the hook RCD injects residuals through).
         loss_weights (b, n), optional: per-token weights of the cross-entropy against x0 (see loss_weights()); the loss
         is computed here so that torch.compile fuses it with the output head (and DDP sees one forward)."""
@@ -223,8 +224,6 @@ class BlockDiffusionLM(nn.Module):
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         for block in self.blocks:
             h = block(h, pos, cos, sin, mask, cache)
-        if cache is not None and write_cache:
-            cache.advance(n)
         logits = self.lm_head(self.norm(h[:, :n]))  # logits only for x_t (the x0 half only serves as context)
         return logits if loss_weights is None else diffusion_loss(logits, x0, loss_weights)
 

@@ -80,20 +80,22 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     first = p // B
     if use_cache and first > 0:
         for m, cache in zip(models, caches):
-            m(x[:, :first * B], cache=cache, write_cache=True)  # prefill the prompt's whole blocks
+            m(x[:, :first * B], cache=cache)  # prefill the prompt's whole blocks
+            cache.advance(first * B)
 
     def run(i, s, e, delta=None, write=False):
         """Logits of block [s, e) from models[i]: against its cache, or (no cache) by re-running the whole prefix."""
         m, cache = models[i], caches[i]
-        if use_cache and cuda_graph and dev.type == 'cuda':
-            if graphs[i] is None:
-                graphs[i] = block_graph(m, cache, b)
-            logits = graphs[i](x[:, s:e], delta)
-            if write:
-                cache.advance(e - s)
-            return logits
         if use_cache:
-            return m(x[:, s:e], cache=cache, delta=delta, write_cache=write)
+            if cuda_graph and dev.type == 'cuda':
+                if graphs[i] is None:
+                    graphs[i] = block_graph(m, cache, b)
+                logits = graphs[i](x[:, s:e], delta)
+            else:
+                logits = m(x[:, s:e], cache=cache, delta=delta)
+            if write:
+                cache.advance(e - s)  # keep the block's keys/values: the next block's passes read them
+            return logits
         full = None if delta is None else torch.cat((delta.new_zeros(b, s, delta.shape[-1]), delta), dim=1)
         return m(x[:, :e], delta=full)[:, s:]
 

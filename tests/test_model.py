@@ -74,11 +74,13 @@ def test_kv_cache_matches_full_forward():
     x = torch.randint(0, 10, (3, 24))
     full = model(x)
     cache = KVCache(model.cfg.n_layer, 16, CPU)  # a buffer of 16 positions: the unwritten ones must stay invisible
-    first = model(x[:, :8], cache=cache, write_cache=True)  # a two-block chunk (block-causal inside)
+    first = model(x[:, :8], cache=cache)  # a two-block chunk (block-causal inside), kept
+    cache.advance(8)
     other = model(x[:, 12:16], cache=cache)                   # a step with other tokens, overwritten below
     second = model(x[:, 8:12], cache=cache)                  # one block read against the cache, not stored
     assert cache.length == 8 and int(cache.start) == 8
-    third = model(x[:, 8:12], cache=cache, write_cache=True)
+    third = model(x[:, 8:12], cache=cache)
+    cache.advance(4)
     assert cache.length == 12 and int(cache.start) == 12
     assert torch.allclose(first, full[:, :8], atol=1e-5)
     assert torch.allclose(second, full[:, 8:12], atol=1e-5) and torch.allclose(third, second)
