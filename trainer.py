@@ -56,6 +56,9 @@ def setup_device(device, dtype):
         fail(f"device='{device}' but CUDA is not available here; use --device=cpu")
     if 'RANK' in os.environ:
         if device.startswith('cuda'):
+            if int(os.environ['LOCAL_RANK']) >= torch.cuda.device_count():
+                fail(f"torchrun started {os.environ['LOCAL_WORLD_SIZE']} processes on this machine but it has "
+                     f"{torch.cuda.device_count()} GPUs: use --nproc_per_node={torch.cuda.device_count()} or fewer")
             device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(device)
         dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
@@ -182,7 +185,7 @@ def peak_flops(device):
     if device.type != 'cuda':
         return None
     name = torch.cuda.get_device_name(device)
-    for key, flops in (('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)):
+    for key, flops in (('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)):
         if key in name:
             return flops
     return None

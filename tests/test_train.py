@@ -76,6 +76,17 @@ def test_bad_input_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch, args,
     assert message in str(e.value)
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun --nproc_per_node=4 on a 2-GPU machine: said before torch fails on an invalid device ordinal."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    for k, v in dict(RANK='2', LOCAL_RANK='2', WORLD_SIZE='4', LOCAL_WORLD_SIZE='4').items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        trainer.setup_device('auto', 'auto')
+    assert 'started 4 processes on this machine but it has 2 GPUs: use --nproc_per_node=2' in str(e.value)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / 'ckpt.pt'
     bad.write_bytes(b'not a checkpoint')
