@@ -185,7 +185,8 @@ def peak_flops(device):
     if device.type != 'cuda':
         return None
     name = torch.cuda.get_device_name(device)
-    for key, flops in (('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12)):
+    for key, flops in (('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('H200', 989e12),
+                       ('A100', 312e12)):
         if key in name:
             return flops
     return None
