@@ -65,7 +65,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     block in which it commits eos_id. Returns (tokens (b, p + max_new_tokens), forward passes per row (b,)).
     RCD (alpha_mode set, see rcd.py): remasked positions carry their residual into the next step instead of [MASK];
     with `reference`, each block's first step gets a residual from that model too (warm start, one extra pass).
-    cuda_graph: on CUDA with the cache, each model's one-block pass is a replayed CUDA graph (same tokens, faster)."""
+    cuda_graph: on CUDA with the cache, each model's one-block pass is a replayed CUDA graph (same tokens, faster).
+    On CUDA each step's work on the logits (token probabilities, the residual) runs compiled: fused kernels."""
     cfg, (b, p) = model.cfg, prompt_ids.shape
     B, mask_id, dev = cfg.block_size, cfg.mask_id, prompt_ids.device
     end = -(-(p + max_new_tokens) // B) * B  # whole blocks
