@@ -11,8 +11,9 @@ positions, so the next step starts from nothing there. RCD feeds back what the m
 
 A remasked position reads E[MASK] as its token embedding already, so the injection is the additive change
 e_i − E[MASK] = α_i · (r_i − E[MASK]), handed to model.forward(delta=...). Committed positions and positions with no
-prediction yet (the first step of a block) get no change: E[token] and E[MASK]. The state carried from step to step
-is this delta for the current block; it is recomputed after every step and dropped when the block is finished.
+prediction yet (a block's first step, unless sample.py's first_step seeds one) get no change: E[token] and E[MASK].
+The state carried from step to step is this delta for the current block; it is recomputed after every step and
+dropped when the block is finished.
 
 Everything here is a pure function of tensors, used by both train_stage2.py (p from the frozen reference model) and
 sample.py (p from the model's own previous step).
@@ -57,30 +58,51 @@ def residual_weight(probs, mode, constant=0.5):
     raise ValueError(f"alpha_mode='{mode}' must be one of {', '.join(ALPHA_MODES)}")
 
 
-def residual_inputs(probs, embedding, mask_id, mode, constant=0.5):
-    """SPEC §4 injected input embedding at every position: e = (1 − α)·E[MASK] + α·r. (..., V) -> (..., d).
-    The explicit form of the interpolation; residual_delta() is what the model is given."""
-    alpha = residual_weight(probs, mode, constant)[..., None].to(embedding.dtype)
+def residual_inputs(probs, embedding, mask_id, alpha):
+    """SPEC §4 injected input embedding at every position: e = (1 − α)·E[MASK] + α·r, α (...) of residual_weight.
+    (..., V) -> (..., d). The explicit form of the interpolation; residual_delta() is what the model is given."""
+    alpha = alpha[..., None].to(embedding.dtype)
     return (1 - alpha) * embedding[mask_id] + alpha * soft_tokens(probs, embedding)
 
 
-def residual_delta(probs, embedding, mask_id, remasked, mode, constant=0.5):
+def residual_delta(probs, embedding, mask_id, remasked, alpha):
     """SPEC §4 injection as an additive change to the input embeddings: e − E[MASK] at `remasked` positions
     (bool, the positions that stay [MASK] into the next step), 0 everywhere else. (b, n, V) -> (b, n, d)."""
-    delta = residual_inputs(probs, embedding, mask_id, mode, constant) - embedding[mask_id]
+    delta = residual_inputs(probs, embedding, mask_id, alpha) - embedding[mask_id]
     return delta * remasked[..., None].to(delta.dtype)
 
 
 def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, temperature=1.0):
-    """residual_delta of the distributions softmax(logits / T_res): what both stages and the sampler inject.
+    """residual_delta of the distributions p = softmax(logits): what both stages and the sampler inject.
+    T_res = temperature (paper Alg. 2, inference only): α is the entropy of softmax(logits / T_res) while the soft
+    token is built from the untempered p, so T_res moves how much residual a position gets, not what it says.
     (b, n, V) -> (b, n, d). Compiled on CUDA, its passes over the (b, n, V) probabilities fuse into a few kernels."""
-    return residual_delta(residual_probs(logits, mask_id, temperature), embedding, mask_id, remasked, mode, constant)
+    probs = residual_probs(logits, mask_id)
+    tempered = probs if temperature == 1.0 else residual_probs(logits, mask_id, temperature)
+    return residual_delta(probs, embedding, mask_id, remasked, residual_weight(tempered, mode, constant))
 
 
-def reference_residual(reference, embedding, mask_id, x_t, x0, remasked, mode, constant=0.5, temperature=1.0):
-    """Stage 2 (SPEC §5): the residual inputs (delta) the target reads. The frozen reference model predicts x_t's
-    masked positions (no gradient: no backpropagation through denoising steps); the `remasked` positions get those
-    predictions as residuals, built with the target's own `embedding`. (b, L) -> (b, L, d)."""
+def dirichlet_logits(shape, mask_id, generator=None, device=None):
+    """Logits of p ~ Dirichlet(1, ..., 1) over the tokens other than [MASK] (paper Table 5's non-informative first-step
+    residual; the paper gives no concentration, 1 is the uniform distribution over the simplex). shape (..., V).
+    A Dirichlet(1) draw is a vector of Exp(1) draws normalized, so its logits are their logs."""
+    u = torch.rand(shape, generator=generator, device=device).clamp_min(1e-12)
+    return torch.log(-torch.log(u))  # log of an Exp(1) draw; [MASK] is dropped by residual_probs
+
+
+def step_aligned(x_t, visible, mask_id, rate, generator=None):
+    """Stage 2's step-aligned reference input (not in the paper; closes the gap of SPEC §5): x_t with each `visible`
+    position (bool: unmasked, not prompt) also masked with probability `rate`. At inference a residual comes from the
+    previous step, which read the tokens that step then committed as [MASK]; this hands the reference that view."""
+    extra = (torch.rand(x_t.shape, generator=generator, device=x_t.device) < rate) & visible
+    return torch.where(extra, mask_id, x_t)
+
+
+def reference_residual(reference, embedding, mask_id, x_t, x0, remasked, mode, constant=0.5):
+    """Stage 2 (SPEC §5): the residual inputs (delta) the target reads. The frozen reference model reads x_t (or, for
+    a step-aligned reference, x_t with more positions masked) and predicts its masked positions (no gradient: no
+    backpropagation through denoising steps); the `remasked` positions get those predictions as residuals, built with
+    the target's own `embedding`. (b, L) -> (b, L, d)."""
     with torch.no_grad():
         logits = reference(x_t, x0)
-    return logits_residual(logits, embedding, mask_id, remasked, mode, constant, temperature)
+    return logits_residual(logits, embedding, mask_id, remasked, mode, constant)

@@ -28,7 +28,9 @@ import trainer
 from configurator import configure
 from data.tokenizer import Tokenizer
 from model import KVCache
-from rcd import ALPHA_MODES, logits_residual, residual_probs
+from rcd import ALPHA_MODES, dirichlet_logits, logits_residual, residual_probs
+
+FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')
 
 # -----------------------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
@@ -42,8 +44,10 @@ use_cache = True             # False: re-run the whole sequence at every step (s
 rcd = False                  # residual context: remasked positions carry their residual into the next step (rcd.py)
 alpha_mode = 'entropy'       # with rcd: 'entropy' (paper), 'confidence', 'constant', 'none' (= the plain sampler)
 alpha_constant = 0.5         # α for alpha_mode='constant'
-residual_temperature = 1.0   # T_res: residuals are built from softmax(logits / T_res)
-warm_start = ''              # with rcd: a reference checkpoint whose predictions seed each block's first step
+residual_temperature = 1.0   # T_res: with rcd, α is the entropy of softmax(logits / T_res) (paper Alg. 2)
+first_step = 'zero'          # with rcd, the residual of a block's first step: 'zero' (cold start), 'self' (one extra
+                             # pass of the model), 'reference' (one pass of reference_ckpt: warm start), 'dirichlet'
+reference_ckpt = ''          # the checkpoint of first_step='reference' (a stage-1 model)
 device = 'auto'
 dtype = 'auto'
 seed = 1337
@@ -59,19 +63,24 @@ def commit_counts(n_masked, tokens_per_step):
 @torch.no_grad()
 def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0, temperature=0.0, eos_id=None,
              use_cache=True, generator=None, alpha_mode=None, alpha_constant=0.5, residual_temperature=1.0,
-             reference=None, cuda_graph=True):
+             first_step='zero', reference=None, cuda_graph=True):
     """Continue prompt_ids (b, p) by max_new_tokens, block by block. Blocks are aligned to multiples of B from
     position 0, as in training, so the prompt's last partial block is completed in place. A row stops after the
     block in which it commits eos_id. Returns (tokens (b, p + max_new_tokens), forward passes per row (b,)).
-    RCD (alpha_mode set, see rcd.py): remasked positions carry their residual into the next step instead of [MASK];
-    with `reference`, each block's first step gets a residual from that model too (warm start, one extra pass).
+    RCD (alpha_mode set, see rcd.py): remasked positions carry their residual into the next step instead of [MASK].
+    A block's first step has no previous step; first_step (SPEC §6) seeds its residual: 'zero' none (cold start),
+    'self' one extra pass of the model, 'reference' one pass of `reference` (warm start), 'dirichlet' a random p.
     cuda_graph: on CUDA with the cache, each model's one-block pass is a replayed CUDA graph (same tokens, faster).
     On CUDA each step's work on the logits (token probabilities, the residual) runs compiled: fused kernels."""
     cfg, (b, p) = model.cfg, prompt_ids.shape
     B, mask_id, dev = cfg.block_size, cfg.mask_id, prompt_ids.device
     end = -(-(p + max_new_tokens) // B) * B  # whole blocks
-    if end > cfg.seq_len:
-        raise ValueError(f'prompt ({p}) + max_new_tokens ({max_new_tokens}) exceed the context seq_len={cfg.seq_len}')
+    if max_new_tokens < 1 or end > cfg.seq_len:
+        raise ValueError(f'a prompt of {p} tokens and max_new_tokens={max_new_tokens} must fit the context '
+                         f'(seq_len={cfg.seq_len}) with at least one new token')
+    if first_step not in FIRST_STEPS or (first_step == 'reference') != (reference is not None):
+        raise ValueError(f"first_step='{first_step}' must be one of {', '.join(FIRST_STEPS)}; 'reference', and only "
+                         f"it, needs a reference model")
     x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), dim=1)
     models = [model] + ([reference] if reference is not None else [])
     caches = [KVCache(m.cfg.n_layer, end, dev) if use_cache else None for m in models]
@@ -106,12 +115,14 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
     for blk in range(first, end // B):
         s, e = blk * B, (blk + 1) * B
         schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), tokens_per_step)  # same prompt length per row
-        # (logits, positions) the next step's residual is built from: none before a block's first step. A replayed
-        # graph overwrites its logits at its next replay, so the residual is built before the next forward pass.
+        # (logits, positions) the next step's residual is built from: at a block's first step none, or first_step's.
+        # A replayed graph overwrites its logits at its next replay, so the residual is built before the next pass.
         residual = None
-        if reference is not None:  # warm start: the reference model's predictions seed the first step's residual
-            is_masked = (x[:, s:e] == mask_id) & ~done[:, None]
-            residual = (run(1, s, e), is_masked)
+        is_masked = (x[:, s:e] == mask_id) & ~done[:, None]
+        if alpha_mode is not None and first_step == 'dirichlet':
+            residual = (dirichlet_logits((b, B, cfg.vocab_size), mask_id, generator, dev), is_masked)
+        elif alpha_mode is not None and first_step in ('self', 'reference'):  # one extra pass seeds the residual
+            residual = (run(int(first_step == 'reference'), s, e), is_masked)
             passes += is_masked.any(1)
         step = 0
         while True:
@@ -137,6 +148,8 @@ def generate(model, prompt_ids, max_new_tokens, tokens_per_step=1, threshold=0.0
                 commit = torch.zeros_like(is_masked)
                 commit.scatter_(1, conf.topk(schedule[min(step, len(schedule) - 1)], dim=1).indices, True)
             commit &= is_masked
+            if (live & ~commit.any(1)).any():  # a rule that commits nothing would loop forever
+                raise RuntimeError(f'a denoising step committed no token (block {blk}, step {step})')
             x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
             if alpha_mode is not None:  # RCD: the remasked positions keep what this step computed for them
                 residual = (logits, is_masked & ~commit)
@@ -188,46 +201,67 @@ def block_graph(model, cache, b):
     return replay
 
 
-def load_models(ckpt, warm_start, dev):
-    """(model, meta, tokenizer, reference or None) from a checkpoint and an optional warm-start reference checkpoint."""
+def load_models(ckpt, reference_ckpt, dev):
+    """(model, meta, tokenizer, reference or None) from a checkpoint and an optional reference checkpoint."""
     state = trainer.load_checkpoint(ckpt)
     model = trainer.build_model(state['model_args'], state['model']).to(dev).eval()
     reference = None
-    if warm_start:
-        ref_state = trainer.load_checkpoint(warm_start)
-        trainer.check_compatible(ref_state, state, 'warm_start', 'ckpt')
+    if reference_ckpt:
+        ref_state = trainer.load_checkpoint(reference_ckpt)
+        trainer.check_compatible(ref_state, state, 'reference_ckpt', 'ckpt')
         reference = trainer.build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
     return model, state['meta'], Tokenizer(state['meta']), reference
 
 
-def check_decoding(tokens_per_step, threshold, temperature, alpha_mode, residual_temperature, rcd, warm_start):
+def check_decoding(tokens_per_step, threshold, temperature, alpha_mode, residual_temperature, rcd, first_step,
+                   reference_ckpt):
     if tokens_per_step < 1 or not 0.0 <= threshold <= 1.0 or temperature < 0 or residual_temperature <= 0:
         trainer.fail('need tokens_per_step >= 1, 0 <= threshold <= 1, temperature >= 0 and residual_temperature > 0')
     if alpha_mode not in ALPHA_MODES:
         trainer.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(ALPHA_MODES)}")
-    if warm_start and not rcd:
-        trainer.fail('warm_start seeds the residual of RCD sampling: use it with --rcd=True')
+    if first_step not in FIRST_STEPS:
+        trainer.fail(f"first_step='{first_step}' must be one of {', '.join(FIRST_STEPS)}")
+    if first_step != 'zero' and not rcd:
+        trainer.fail('first_step seeds the residual of RCD sampling: use it with --rcd=True')
+    if (first_step == 'reference') != bool(reference_ckpt):
+        trainer.fail("first_step='reference' needs --reference_ckpt=PATH, and reference_ckpt needs it")
+
+
+def answer_of(text, prefix):
+    """The final answer: what follows the last `prefix` on its line ('' = the first line), or None."""
+    if not prefix:
+        return text.split('\n')[0].strip()
+    return text.rsplit(prefix, 1)[1].split('\n')[0].strip() if prefix in text else None
 
 
 if __name__ == '__main__':
     configure(globals(), [k for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)],
               sys.argv[1:])
-    check_decoding(tokens_per_step, threshold, temperature, alpha_mode, residual_temperature, rcd, warm_start)
+    check_decoding(tokens_per_step, threshold, temperature, alpha_mode, residual_temperature, rcd, first_step,
+                   reference_ckpt)
     torch.manual_seed(seed)
     dev, autocast = trainer.setup_device(device, dtype)
-    model, meta, tok, reference = load_models(ckpt, warm_start, dev)
+    model, meta, tok, reference = load_models(ckpt, reference_ckpt, dev)
     rule = (f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step') + \
-        (f', RCD alpha={alpha_mode}' + (' + warm start' if warm_start else '') if rcd else '')
+        (f', RCD alpha={alpha_mode}, first step {first_step}' if rcd else '')
     decode = dict(tokens_per_step=tokens_per_step, threshold=threshold, temperature=temperature, use_cache=use_cache,
                   generator=torch.Generator(dev).manual_seed(seed), alpha_mode=alpha_mode if rcd else None,
-                  alpha_constant=alpha_constant, residual_temperature=residual_temperature, reference=reference)
-    texts = [prompt.replace('\\n', '\n')] * num_samples
-    if not prompt and 'answer_prefix' in meta:  # reasoning: the first few test problems
+                  alpha_constant=alpha_constant, residual_temperature=residual_temperature, first_step=first_step,
+                  reference=reference)
+    examples = [(prompt.replace('\\n', '\n'), None)] * num_samples
+    if not prompt and 'answer_prefix' in meta:  # a dataset with answers: the first few test problems
         with open(os.path.join(trainer.dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
-            texts = [q for q, _ in pickle.load(f)[:num_samples]]
-    for text in texts:
+            examples = pickle.load(f)[:num_samples]
+    for text, solution in examples:
         ids = torch.tensor([tok.encode(text)], dtype=torch.long, device=dev)
-        with autocast:
-            out, n_pass = generate(model, ids, max_new_tokens or model.cfg.seq_len - ids.shape[1],
-                                   eos_id=meta['eos_id'], **decode)
-        print(f'--- {rule}, {int(n_pass)} forward passes\n{text}{tok.decode(out[0, ids.shape[1]:].tolist())}')
+        budget = max_new_tokens or model.cfg.seq_len - ids.shape[1]
+        try:
+            with autocast:
+                out, n_pass = generate(model, ids, budget, eos_id=meta['eos_id'], **decode)
+        except ValueError as e:  # a prompt or budget beyond the context
+            trainer.fail(str(e))
+        sample = tok.decode(out[0, ids.shape[1]:].tolist())
+        print(f'--- {rule}, {int(n_pass)} forward passes\n{text}{sample}')
+        if solution is not None:
+            want, got = answer_of(solution, meta['answer_prefix']), answer_of(sample, meta['answer_prefix'])
+            print(f"reference answer: {want}  ({'right' if got == want else 'wrong'})")

@@ -48,6 +48,7 @@ eval_interval = 500
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False
+eval_only = False            # measure train/val loss once and exit: no training, no checkpoint
 # system
 device = 'auto'              # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = 'auto'               # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bfloat16', 'float32'

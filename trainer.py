@@ -248,7 +248,7 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
               + (f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else '')
               + (f' x {n_proc} processes' if n_proc > 1 else ''))
     pbar = tqdm(total=c.max_iters, initial=iter_num, desc=os.path.basename(c.out_dir), dynamic_ncols=True,
-                disable=rank != 0)
+                disable=rank != 0 or not sys.stderr.isatty())  # a log file gets plain lines instead
     t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
     while True:
         lr = lr_at(iter_num, c)
@@ -259,6 +259,8 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
             if rank == 0:
                 tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
+            if c.eval_only:
+                break
             if iter_num > start and (losses['val'] < best_val_loss or c.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses['val'])
                 if rank == 0:
@@ -288,8 +290,12 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
             lossf = sum_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
             dt = (time.perf_counter() - t_last) / (iter_num - it_last)
             mfu = flops_per_iter / dt / (peak * n_proc) if peak else None
-            pbar.set_postfix_str(f'loss {lossf:.4f} | {tokens_per_iter / dt:,.0f} tok/s'
-                                 + (f' | MFU {100 * mfu:.1f}%' if mfu else '') + f' | lr {lr:.2e}')
+            line = f'loss {lossf:.4f} | {tokens_per_iter / dt:,.0f} tok/s' \
+                + (f' | MFU {100 * mfu:.1f}%' if mfu else '') + f' | lr {lr:.2e}'
+            if not pbar.disable:
+                pbar.set_postfix_str(line)
+            elif rank == 0:
+                print(f'iter {iter_num}: {line}', flush=True)
             log(dict(iter=iter_num, loss=lossf, lr=lr, ms_per_iter=1000 * dt, tokens_per_s=tokens_per_iter / dt,
                      mfu=mfu))
             t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)

@@ -28,7 +28,7 @@ def tiny_ckpt(tiny_reasoning, tmp_path_factory):
 
 
 def sweep(ckpt, records, *extra):
-    r = run_script('eval.py', f'--ckpt={ckpt}', f'--records={records}', '--device=cpu', '--n_test=30',
+    r = run_script('eval.py', f'--ckpt={ckpt}', f'--records={records}', '--device=cpu', '--n_problems=30',
                    '--tokens_per_step=1,8', '--thresholds=0.9', *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     with open(records) as f:
@@ -63,7 +63,9 @@ def test_plot_from_records(tiny_ckpt, tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['--thresholds=a,b'], "must be comma-separated numbers"),
     (['--tokens_per_step=0'], 'tokens per step >= 1'),
-    (['--warm_start=x.pt'], 'use it with --rcd=True'),
+    (['--first_step=self'], 'use it with --rcd=True'),
+    (['--rcd=True', '--first_step=reference'], "needs --reference_ckpt=PATH"),
+    (['--split=train'], "split='train' must be 'val' or 'test'"),
     (['--plot=/no/such/records.jsonl'], "records file '/no/such/records.jsonl' not found"),
 ])
 def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message):

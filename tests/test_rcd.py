@@ -35,18 +35,45 @@ def test_residual_math_by_hand():
     assert torch.equal(rcd.residual_weight(p, 'none'), torch.zeros(1, 2))
     a = h / math.log(3)  # e = (1 - α)·E[MASK] + α·r
     e0 = (1 - a) * torch.tensor([-1.0, -1.0]) + a * torch.tensor([0.75, 0.5])
-    assert torch.allclose(rcd.residual_inputs(p, E, MASK, 'entropy')[0, 0], e0)
-    delta = rcd.residual_delta(p, E, MASK, torch.tensor([[True, False]]), 'entropy')
+    assert torch.allclose(rcd.residual_inputs(p, E, MASK, alpha)[0, 0], e0)
+    delta = rcd.residual_delta(p, E, MASK, torch.tensor([[True, False]]), alpha)
     assert torch.allclose(delta[0, 0], e0 - E[MASK]) and torch.equal(delta[0, 1], torch.zeros(2))  # only remasked
+    assert torch.allclose(rcd.logits_residual(logits, E, MASK, torch.tensor([[True, False]]), 'entropy'), delta)
     with pytest.raises(ValueError, match="alpha_mode='l2'"):
         rcd.residual_weight(p, 'l2')
 
 
-def test_residual_temperature_sharpens():
-    logits = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
-    cold, warm = rcd.residual_probs(logits, MASK, 0.5), rcd.residual_probs(logits, MASK, 2.0)
-    assert rcd.residual_weight(cold, 'entropy') < rcd.residual_weight(warm, 'entropy')
-    assert torch.allclose(cold[0, :3], torch.softmax(torch.tensor([4.0, 2.0, 0.0]), 0))
+def test_residual_temperature_moves_alpha_not_the_soft_token():
+    """Paper Alg. 2: α from softmax(z / T_res), the soft token from the untempered softmax(z)."""
+    logits = torch.tensor([[[2.0, 1.0, 0.0, 5.0]]])
+    p = torch.softmax(torch.tensor([2.0, 1.0, 0.0]), 0)
+    cold = torch.softmax(torch.tensor([4.0, 2.0, 0.0]), 0)  # T_res = 0.5
+    alpha = float(-(cold * cold.log()).sum() / math.log(3))
+    want = alpha * (p @ E[:3] - E[MASK])
+    got = rcd.logits_residual(logits, E, MASK, torch.tensor([[True]]), 'entropy', temperature=0.5)
+    assert torch.allclose(got[0, 0], want)
+    warm = rcd.logits_residual(logits, E, MASK, torch.tensor([[True]]), 'entropy', temperature=2.0)
+    assert warm.norm() > got.norm()  # a higher T_res: more entropy, more residual, the same direction
+    assert torch.allclose(warm[0, 0] / warm.norm(), got[0, 0] / got.norm())
+
+
+def test_step_aligned_reference_masks_only_visible_tokens():
+    x_t = torch.tensor([[0, 1, MASK, 2, 0, 1, 2, MASK]] * 2000)
+    visible = torch.tensor([[False, True, False, True, True, True, True, False]] * 2000)  # position 0: the prompt
+    out = rcd.step_aligned(x_t, visible, MASK, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, ~visible[0]], x_t[:, ~visible[0]])  # prompt and masked positions unchanged
+    changed = out != x_t
+    assert torch.equal(out[changed], torch.full_like(out[changed], MASK))
+    assert abs(changed[:, visible[0]].float().mean().item() - 0.25) < 0.02  # each visible one with probability 0.25
+    assert torch.equal(rcd.step_aligned(x_t, visible, MASK, 0.0), x_t)
+
+
+def test_dirichlet_first_step_is_uniform_over_the_simplex():
+    p = rcd.residual_probs(rcd.dirichlet_logits((20000, 4), MASK, torch.Generator().manual_seed(0)), MASK)
+    assert torch.allclose(p.sum(-1), torch.ones(20000)) and (p[:, MASK] == 0).all()
+    k = 3  # Dirichlet(1, 1, 1): each coordinate is Beta(1, 2), mean 1/3, variance 2/36
+    assert torch.allclose(p[:, :k].mean(0), torch.full((k,), 1 / k), atol=0.01)
+    assert torch.allclose(p[:, :k].var(0), torch.full((k,), (k - 1) / (k * k * (k + 1))), atol=0.005)
 
 
 def tiny_model(seed=0):
@@ -83,11 +110,57 @@ def test_residuals_reach_only_remasked_positions_of_later_steps():
             assert carries.any() and torch.equal(carries, x == 10)  # exactly the positions still [MASK]
 
 
-def test_rcd_changes_the_next_step_and_the_cache_agrees():
+def spy_on(model):
+    """Record (tokens, delta, logits) of every forward pass of `model` (a denoising step or a cache fill)."""
+    calls, forward = [], model.forward
+
+    def spy(x_t, x0=None, delta=None, cache=None):
+        logits = forward(x_t, x0, delta, cache)
+        calls.append((x_t.clone(), None if delta is None else delta.clone(), logits.clone()))
+        return logits
+    model.forward = spy
+    return calls
+
+
+@pytest.mark.parametrize('first_step', ['zero', 'self', 'reference', 'dirichlet'])
+def test_first_step_seeds_the_residual_as_named(first_step):
+    """SPEC §6: a block's first step reads no residual ('zero'), the model's own extra pass ('self'), the reference's
+    pass ('reference', warm start), or a random distribution ('dirichlet'); the extra passes are counted."""
+    model, reference = tiny_model(0), tiny_model(1)
+    prompt = torch.randint(0, 9, (2, 4))
+    plain = generate(model, prompt, 12, tokens_per_step=2, alpha_mode='entropy')
+    calls, ref_calls = spy_on(model), spy_on(reference)
+    _, passes = generate(model, prompt, 12, tokens_per_step=2, alpha_mode='entropy', first_step=first_step,
+                         reference=reference if first_step == 'reference' else None,
+                         generator=torch.Generator().manual_seed(0))
+    steps = [(x, d, z) for x, d, z in calls if (x == 10).any()]  # passes that read [MASK]: not cache fills
+    firsts = [k for k, (x, _, _) in enumerate(steps) if (x == 10).all()]  # a block's first (or extra) pass
+    extra = {'zero': 0, 'self': 3, 'reference': 3 + 2, 'dirichlet': 0}[first_step]  # + the reference's cache fills
+    assert (passes - plain[1]).tolist() == [extra] * 2
+    if first_step == 'zero':
+        assert len(firsts) == 3 and all(steps[k][1] is None for k in firsts)
+    elif first_step == 'self':  # the model's extra pass without residual, then the first step reads its residual
+        assert len(firsts) == 6
+        for k in firsts[::2]:
+            want = rcd.logits_residual(steps[k][2], model.wte.weight, 10, torch.ones(2, 4, dtype=torch.bool),
+                                       'entropy')
+            assert steps[k][1] is None and torch.allclose(steps[k + 1][1], want)
+    elif first_step == 'reference':  # the reference's pass (its own weights) gives the first step's residual
+        ref_steps = [z for x, _, z in ref_calls if (x == 10).all()]
+        assert len(firsts) == 3 and len(ref_steps) == 3
+        for k, z in zip(firsts, ref_steps):
+            want = rcd.logits_residual(z, model.wte.weight, 10, torch.ones(2, 4, dtype=torch.bool), 'entropy')
+            assert torch.allclose(steps[k][1], want)
+    else:
+        assert len(firsts) == 3 and all((steps[k][1].abs().sum(-1) > 0).all() for k in firsts)
+    assert first_step == 'reference' or not ref_calls
+
+
+def test_rcd_with_a_warm_start_and_the_cache_agree():
     model, reference = tiny_model(0), tiny_model(1)
     prompt = torch.randint(0, 9, (2, 6))
-    outs = [generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy', reference=reference, use_cache=c)
-            for c in (True, False)]
+    outs = [generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy', first_step='reference',
+                     reference=reference, use_cache=c) for c in (True, False)]
     assert torch.equal(outs[0][0], outs[1][0])
     # warm start adds one reference pass per block (and the reference's cache fills when the cache is on)
     plain = generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy')
@@ -137,17 +210,19 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
-    """With α = 0 stage 2 is continued stage 1: the first logged loss differs once residuals are on."""
+    """With α = 0 stage 2 is continued stage 1: the first logged loss differs once residuals are on, and not when
+    residual_fraction leaves every row without one."""
     target, _ = stage1_ckpts
     first = {}
-    for mode in ('none', 'constant'):
-        out = str(tmp_path / mode)
+    for mode, frac in (('none', 0.5), ('constant', 0.5), ('constant', 0.0)):
+        out = str(tmp_path / f'{mode}_{frac}')
         r = run_script(*stage2_args(tiny_reasoning, target, target, out), '--max_iters=1', f'--alpha_mode={mode}',
-                       '--alpha_constant=0.9')
+                       '--alpha_constant=0.9', f'--residual_fraction={frac}')
         assert r.returncode == 0, r.stderr
         with open(os.path.join(out, 'log.jsonl')) as f:
-            first[mode] = next(r['loss'] for r in map(json.loads, f) if 'loss' in r)
-    assert first['none'] != first['constant']
+            first[mode, frac] = next(r['loss'] for r in map(json.loads, f) if 'loss' in r)
+    assert first['none', 0.5] != first['constant', 0.5]
+    assert first['none', 0.5] == first['constant', 0.0]  # residual_fraction=0: no row reads a residual
 
 
 @pytest.mark.parametrize('extra,message', [

@@ -34,12 +34,13 @@ def test_kv_cache_gives_the_same_tokens(rule):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
 @pytest.mark.parametrize('rule', [dict(tokens_per_step=2), dict(threshold=0.3, alpha_mode='entropy'),
-                                  dict(tokens_per_step=1, alpha_mode='entropy', warm_start=True)])
+                                  dict(tokens_per_step=1, alpha_mode='entropy', first_step='reference'),
+                                  dict(tokens_per_step=2, alpha_mode='entropy', first_step='self')])
 def test_cuda_graph_gives_the_eager_tokens(rule):
     """The replayed CUDA graph of a block's pass (the sampler's default on CUDA) against the eager pass, under bf16
     autocast as in sample.py and eval.py, with a prompt that ends inside a block and rows stopping at <eos>."""
     model = tiny_model().cuda()
-    reference = tiny_model(4).cuda() if rule.pop('warm_start', False) else None
+    reference = tiny_model(4).cuda() if rule.get('first_step') == 'reference' else None
     prompt = torch.randint(0, 9, (3, 6), device='cuda')
     with torch.autocast('cuda', dtype=torch.bfloat16):
         graph, eager = (generate(model, prompt, 20, eos_id=EOS, reference=reference, cuda_graph=g, **rule)

@@ -9,7 +9,7 @@
 The solution starts from the first term and folds in the others one per line, in a random order (--order=random, the
 default) or left to right (--order=left). Every example is one row of `row_len` tokens (prompt, solution, then <eos>
 padding), so a batch is a set of rows and the prompt of each row is everything up to its first newline. The answer
-line '#### N' is checked exactly by sample.py. Generated offline and deterministically from --seed; train, val and test
+line '#### N' is checked exactly by eval.py. Generated offline and deterministically from --seed; train, val and test
 problems are disjoint. Difficulty knobs: --digits (operand size), --min_terms/--max_terms (chain length, hence the
 number of solution lines) and --order.
 
@@ -92,8 +92,9 @@ def main():
         ids[ids == 255] = meta['eos_id']
         ids.tofile(os.path.join(args.out_dir, f'{split}.bin'))
         print(f'{split}: {len(splits[split]):,} problems, {ids.size:,} tokens')
-    with open(os.path.join(args.out_dir, 'test.pkl'), 'wb') as f:
-        pickle.dump(splits['test'], f)
+    for split in ('val', 'test'):  # (prompt, solution) texts, for scoring
+        with open(os.path.join(args.out_dir, f'{split}.pkl'), 'wb') as f:
+            pickle.dump(splits[split], f)
     with open(os.path.join(args.out_dir, 'meta.pkl'), 'wb') as f:
         pickle.dump(meta, f)
     print(f"test: {len(splits['test']):,} problems; row_len {row_len}, vocab {meta['vocab_size']}, longest {longest}")

@@ -1,0 +1,126 @@
+"""The Sudoku task: generated puzzles are valid, uniquely solvable and held out from training; answers are scored on
+the exact grid; the paired interval that compares two methods on the same puzzles, by hand."""
+import math
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from data.sudoku import prepare as sudoku
+from eval import binomial_interval, is_right, paired_difference, selection
+from sample import answer_of
+
+SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
+
+
+def count_solutions(puzzle, limit=2):
+    """Backtracking solution count (up to `limit`), independent of the generator's naked-singles solver."""
+    grid = list(puzzle)
+
+    def ok(i, d):
+        r, c = divmod(i, 9)
+        b = r // 3 * 27 + c // 3 * 3
+        return all(grid[r * 9 + k] != d and grid[k * 9 + c] != d and grid[b + k // 3 * 9 + k % 3] != d
+                   for k in range(9))
+
+    def search():
+        if 0 not in grid:
+            return 1
+        i = grid.index(0)
+        n = 0
+        for d in range(1, 10):
+            if ok(i, d):
+                grid[i] = d
+                n += search()
+                grid[i] = 0
+                if n >= limit:
+                    break
+        return n
+    return search()
+
+
+@pytest.fixture(scope='module')
+def small_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp('sudoku')
+    r = run_script('data/sudoku/prepare.py', '--n_train=400', '--n_val=20', '--n_test=20', '--n_train_grids=50',
+                   f'--out_dir={out}')
+    assert r.returncode == 0, r.stderr
+    return str(out)
+
+
+def test_grids_are_valid_and_varied():
+    rng = random.Random(0)
+    grids = [sudoku.fill_grid(rng) for _ in range(20)]
+    assert all(sudoku.is_valid_grid(''.join(map(str, g))) for g in grids)
+    assert len({tuple(g[:9]) for g in grids}) == 20  # not one grid: even the first rows differ
+    copies = sudoku.symmetry_copies(np.array(grids), 50, np.random.default_rng(0))
+    assert all(sudoku.is_valid_grid(''.join(map(str, g))) for g in copies)
+
+
+def test_puzzles_have_one_solution_that_naked_singles_find(small_set):
+    with open(os.path.join(small_set, 'test.pkl'), 'rb') as f:
+        problems = pickle.load(f)
+    for prompt, solution in problems[:8]:
+        cells = prompt[:81]
+        assert len(prompt) == 96 and prompt.endswith('\n') and cells.count('.') == 44
+        assert all(c == '.' or c == s for c, s in zip(cells, solution))  # the givens are the solution's
+        puzzle = [0 if c == '.' else int(c) for c in cells]
+        assert count_solutions(puzzle) == 1
+        assert ''.join(map(str, sudoku.singles_solve(np.array([puzzle]))[0])) == solution
+
+
+def test_held_out_puzzles_are_not_in_train(small_set):
+    with open(os.path.join(small_set, 'meta.pkl'), 'rb') as f:
+        meta = pickle.load(f)
+    rows = np.fromfile(os.path.join(small_set, 'train.bin'), dtype=np.uint16).reshape(-1, 192)
+    itos = meta['itos']
+    train_grids = {''.join(itos[i] for i in row[96:177]) for row in rows}
+    assert len(rows) == 400 and all(sudoku.is_valid_grid(g) for g in train_grids)
+    assert (rows[:, 177:] == meta['eos_id']).all() and (rows[:, 95] == meta['prompt_sep_id']).all()
+    held = {}
+    for split in ('val', 'test'):
+        with open(os.path.join(small_set, f'{split}.pkl'), 'rb') as f:
+            held[split] = {s for _, s in pickle.load(f)}
+    assert not (held['val'] | held['test']) & train_grids and not held['val'] & held['test']
+
+
+def test_answers_are_scored_on_the_exact_grid():
+    assert answer_of(SOLVED, '') == SOLVED and answer_of(SOLVED + '\njunk', '') == SOLVED
+    assert is_right(answer_of(SOLVED, ''), SOLVED, '')
+    swapped = SOLVED[1] + SOLVED[0] + SOLVED[2:]  # a parsable grid, but wrong (and not a valid one)
+    assert not is_right(answer_of(swapped, ''), SOLVED, '') and not sudoku.is_valid_grid(swapped)
+    assert not is_right(answer_of('12_4', ''), SOLVED, '')
+    assert sudoku.is_valid_grid(SOLVED) and not sudoku.is_valid_grid(SOLVED[:80])
+    # the arithmetic task's answer line
+    assert is_right(answer_of('1+2=3\n#### 3\n', '#### '), '#### 3\n', '#### ')
+    assert not is_right(answer_of('1+2=3\n#### 4\n', '#### '), '#### 3\n', '#### ')
+    assert not is_right(answer_of('1+2=3\n', '#### '), '#### 3\n', '#### ')  # no answer line: unparsable
+
+
+def test_exact_paired_interval_by_hand():
+    # Clopper-Pearson: 10 of 10 -> lower end (0.025)^(1/10); 5 of 10 -> the textbook [0.1871, 0.8129]
+    assert binomial_interval(10, 10) == (pytest.approx(0.025 ** 0.1), 1.0)
+    lo, hi = binomial_interval(5, 10)
+    assert lo == pytest.approx(0.1871, abs=1e-4) and hi == pytest.approx(0.8129, abs=1e-4)
+    # 20 items: a alone right on 10, b alone right on none, 10 agree -> difference +0.5; interval from 10 of 10
+    a = [True] * 10 + [True] * 5 + [False] * 5
+    b = [False] * 10 + [True] * 5 + [False] * 5
+    d, lo, hi = paired_difference(a, b)
+    assert d == 0.5 and lo == pytest.approx(0.5 * (2 * 0.025 ** 0.1 - 1)) and hi == pytest.approx(0.5)
+    assert paired_difference(b, a) == (-0.5, pytest.approx(-0.5), pytest.approx(-0.5 * (2 * 0.025 ** 0.1 - 1)))
+    assert paired_difference(a, a) == (0.0, 0.0, 0.0)
+    # unpaired accuracies would hide this: the same 50% each, but all disagreements one way or the other
+    d, lo, hi = paired_difference([True, False] * 50, [False, True] * 50)
+    assert d == 0 and lo < 0 < hi and math.isclose(lo, -hi)
+
+
+def test_selection_prefers_the_best_budget_neutral_decoding():
+    rows = [dict(label='rcd', first_step=f, residual_temperature=t, accuracy=acc)
+            for f, t, acc in [('zero', 1.0, 0.5), ('zero', 1.0, 0.7), ('zero', 0.5, 0.7), ('zero', 0.5, 0.8),
+                              ('dirichlet', 1.0, 0.1), ('self', 1.0, 0.99)]]
+    rows.append(dict(label='baseline', first_step='zero', residual_temperature=1.0, accuracy=1.0))
+    chosen = [line for line in selection(rows, 'baseline').splitlines() if not line.startswith('#')]
+    assert chosen == ['rcd zero 0.5 0.7500']  # 'self' is better but costs an extra forward pass
