@@ -31,6 +31,11 @@ def _checked(key, value, defaults, source):
 def configure(config, keys, argv):
     """Apply config files and --key=value flags from argv to the dict `config` (a script's globals), for `keys` only."""
     defaults = {k: config[k] for k in keys}
+    if '--help' in argv or '-h' in argv:  # what the script does, then every key with its default
+        print((config.get('__doc__') or '').strip() + '\n\nconfig keys (--key=value), with their defaults:')
+        for k in keys:
+            print(f'  --{k}={defaults[k]!r}')
+        raise SystemExit(0)
     for arg in argv:
         if not arg.startswith('--'):
             if not os.path.isfile(arg):

@@ -30,8 +30,12 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
+        small = [f'{k}={getattr(self, k)}' for k in ('vocab_size', 'seq_len', 'block_size', 'n_layer', 'n_head',
+                                                      'n_embd') if getattr(self, k) < 1]
+        if small:
+            raise ValueError(f"bad model config: {', '.join(small)} must be >= 1")
         problems = [msg for bad, msg in [
-            (self.block_size < 1 or self.seq_len % self.block_size, f'block_size={self.block_size} must divide seq_len={self.seq_len}'),
+            (self.seq_len % self.block_size, f'block_size={self.block_size} must divide seq_len={self.seq_len}'),
             (self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2, f'n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size'),
             (not 0 <= self.mask_id < self.vocab_size, f'mask_id={self.mask_id} must be a token id below vocab_size={self.vocab_size}'),
         ] if bad]

@@ -61,7 +61,7 @@ config = {k: globals()[k] for k in config_keys}
 
 if init_from not in ('scratch', 'resume'):
     trainer.fail(f"init_from='{init_from}' must be 'scratch' or 'resume'")
-trainer.check_noise_config(config)
+trainer.check_config(config)
 
 torch.manual_seed(seed)
 device, autocast = trainer.setup_device(device, dtype)

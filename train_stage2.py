@@ -68,7 +68,7 @@ configure(globals(), config_keys, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------------------------------------------
 
-trainer.check_noise_config(config)
+trainer.check_config(config)
 if alpha_mode not in rcd.ALPHA_MODES:
     trainer.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(rcd.ALPHA_MODES)}")
 if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= reference_extra_mask < 1.0):

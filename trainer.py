@@ -7,6 +7,7 @@ Multi-GPU: run either script under `torchrun --standalone --nproc_per_node=N`. E
 of an iteration's grad_accum_steps (which must be a multiple of N), so an iteration sees exactly the examples and noise
 a single-GPU run with the same grad_accum_steps sees; gradients are averaged by DDP; rank 0 alone logs and saves.
 """
+import hashlib
 import json
 import math
 import os
@@ -32,12 +33,22 @@ def fail(msg):
     raise SystemExit(f'error: {msg}')
 
 
-def check_noise_config(c):
-    """The noise and loss settings both stages share (SPEC §3)."""
+def check_config(c):
+    """The settings both stages share: a bad value is one clear line here, not a traceback from deep inside torch."""
     if c['loss_weighting'] not in ('elbo', 'mean'):
         fail(f"loss_weighting='{c['loss_weighting']}' must be 'elbo' or 'mean'")
     if not 0.0 <= c['mask_rate_min'] < c['mask_rate_max'] <= 1.0:
         fail(f"need 0 <= mask_rate_min < mask_rate_max <= 1 (got {c['mask_rate_min']}, {c['mask_rate_max']})")
+    rules = [('batch_size', 1), ('grad_accum_steps', 1), ('max_iters', 0), ('eval_interval', 1), ('eval_iters', 1),
+             ('log_interval', 1), ('warmup_iters', 0), ('lr_decay_iters', 1), ('min_lr', 0), ('weight_decay', 0),
+             ('grad_clip', 0)]
+    for key, least in rules:
+        if c[key] < least:
+            fail(f'{key}={c[key]} must be >= {least}')
+    if not c['learning_rate'] > 0 or not (0 <= c['beta1'] < 1 and 0 <= c['beta2'] < 1):
+        fail('need learning_rate > 0 and 0 <= beta1, beta2 < 1')
+    if not 0 <= c.get('dropout', 0.0) < 1:
+        fail(f"dropout={c['dropout']} must be in [0, 1)")
 
 
 def world():
@@ -141,23 +152,47 @@ def lr_at(it, c):
     return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
 
 
+def checksum(obj):
+    """SHA-256 of every tensor in a (nested) checkpoint dict, with its place in it: what a load verifies."""
+    h = hashlib.sha256()
+
+    def walk(x, name):
+        if isinstance(x, torch.Tensor):
+            h.update(name.encode())
+            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                walk(x[k], f'{name}/{k}')
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f'{name}/{i}')
+    walk({k: v for k, v in obj.items() if k != 'checksum'}, '')
+    return h.hexdigest()
+
+
 def save_checkpoint(ckpt, path):
-    """Write to a temporary file, then rename: an interrupted save never leaves a corrupt checkpoint behind."""
+    """Write to a temporary file, then rename: an interrupted save never leaves a corrupt checkpoint behind. Non-finite
+    weights are never written (a diverged run must not replace a good checkpoint)."""
+    if not all(torch.isfinite(t).all() for t in ckpt['model'].values() if t.is_floating_point()):
+        fail(f'the weights are no longer finite: {path} was not written')
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = path + '.tmp'
-    torch.save(ckpt, tmp)
+    torch.save(dict(ckpt, checksum=checksum(ckpt)), tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path):
+    """A checkpoint dict, its tensors verified against the checksum it was saved with; anything else is one line."""
     if not os.path.isfile(path):
         fail(f"checkpoint '{path}' not found")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say so instead of a deep unpickling trace
-        fail(f"'{path}' is not a readable checkpoint ({type(e).__name__}: {e})")
+    except Exception:  # a truncated or foreign file: say so instead of a deep unpickling trace
+        fail(f"'{path}' is not a readable checkpoint (truncated, corrupted, or not a torch file)")
     if not isinstance(ckpt, dict) or not {'model', 'model_args', 'meta'} <= ckpt.keys():
         fail(f"'{path}' is not a nanoRCD checkpoint (needs model, model_args and meta)")
+    if 'checksum' in ckpt and ckpt['checksum'] != checksum(ckpt):
+        fail(f"'{path}' is corrupted: its tensors do not match the checksum saved with them")
     return ckpt
 
 
@@ -208,9 +243,20 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
     start = iter_num = ckpt.get('iter_num', 0)
     best_val_loss = ckpt.get('best_val_loss', float('inf'))
     noise_gen = torch.Generator(device=device)
-    log_path = os.path.join(c.out_dir, 'log.jsonl')
+    log_path, ckpt_path = os.path.join(c.out_dir, 'log.jsonl'), os.path.join(c.out_dir, 'ckpt.pt')
+    if start == 0 and not c.eval_only and os.path.isfile(ckpt_path):
+        fail(f'{ckpt_path} exists and this run would replace it: continue it with --init_from=resume, or train into '
+             f'a fresh --out_dir')
     if rank == 0:
         os.makedirs(c.out_dir, exist_ok=True)
+        if os.path.isfile(ckpt_path + '.tmp'):
+            os.remove(ckpt_path + '.tmp')  # left by a run killed mid-save; the checkpoint itself is whole
+        if start > 0 and os.path.isfile(log_path):  # drop what the interrupted run logged after its checkpoint
+            with open(log_path) as f:
+                kept = [line for line in f if line.endswith('}\n') and  # not a line cut short by a kill
+                        json.loads(line)['iter'] < start + ('val_loss' not in line)]  # evals at start run again
+            with open(log_path, 'w') as f:
+                f.writelines(kept)
 
     def batch_and_noise(split, seed):
         noise_gen.manual_seed(seed)
@@ -237,6 +283,9 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
                 with autocast:
                     total += loss_fn(compiled, *batch_and_noise(split, 10**9 + k))
             out[split] = sum_over_ranks(total).item() / c.eval_iters
+            if not math.isfinite(out[split]):
+                fail(f'the {split} loss is {out[split]} at iteration {iter_num}: the run diverged (try a lower '
+                     f'--learning_rate); no checkpoint was written')
         model.train()
         return out
 
@@ -250,6 +299,7 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
     pbar = tqdm(total=c.max_iters, initial=iter_num, desc=os.path.basename(c.out_dir), dynamic_ncols=True,
                 disable=rank != 0 or not sys.stderr.isatty())  # a log file gets plain lines instead
     t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+    last_loss = None
     while True:
         lr = lr_at(iter_num, c)
         for group in optimizer.param_groups:
@@ -266,8 +316,8 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
                 if rank == 0:
                     ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
                                 best_val_loss=best_val_loss)
-                    save_checkpoint(ckpt, os.path.join(c.out_dir, 'ckpt.pt'))
-                    tqdm.write(f"saved {os.path.join(c.out_dir, 'ckpt.pt')}")
+                    save_checkpoint(ckpt, ckpt_path)
+                    tqdm.write(f'saved {ckpt_path}')
             t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)  # eval is not training time
         if iter_num >= c.max_iters:
             break
@@ -288,6 +338,10 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
         pbar.update(1)
         if iter_num % c.log_interval == 0:
             lossf = sum_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
+            if not math.isfinite(lossf):
+                fail(f'the training loss is {lossf} at iteration {iter_num} (last finite: {last_loss}): the run '
+                     f'diverged; try a lower --learning_rate. No checkpoint with these weights was written')
+            last_loss = lossf
             dt = (time.perf_counter() - t_last) / (iter_num - it_last)
             mfu = flops_per_iter / dt / (peak * n_proc) if peak else None
             line = f'loss {lossf:.4f} | {tokens_per_iter / dt:,.0f} tok/s' \

@@ -30,7 +30,7 @@ case $MODE in
   cpu) SEEDS=${SEEDS:-1}; ITERS=${STAGE2_ITERS:-60}; JOBS=${JOBS:-1}; N=(--n_problems=50 --batch_size=50)
        S1+=(config/quick_cpu.py --batch_size=16 --max_iters=150 --lr_decay_iters=150 --eval_interval=150)
        S2=(config/quick_cpu_stage2.py --batch_size=16 --eval_interval="$ITERS")
-       T_VAL="1.0"; EXTRA_PASS=""; THRESHOLDS=0.7; LOSS_ITERS=10 ;;
+       T_VAL="1.0"; EXTRA_PASS=""; THRESHOLDS=0.7; LOSS_ITERS=10; K_SWEEP=4,16; K_VAL=16 ;;
   *) echo "usage: TASK=sudoku|reasoning bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
 esac
 RUN_DIR=${RUN_DIR:-out/recipe_${TASK}_$MODE}

@@ -146,7 +146,14 @@ def test_loss_on_a_hand_made_batch():
 
 
 def test_flops_count():
+    """Counted independently: torch's FLOP counter over a real training pass (forward + backward) for the matmuls,
+    plus 12·d FLOPs per layer for each (query, key) pair the training mask allows, counted on the mask itself."""
+    from torch.utils.flop_counter import FlopCounterMode
     cfg = ModelConfig(vocab_size=100, seq_len=32, block_size=8, n_layer=2, n_head=2, n_embd=16)
-    L, d = 32, 16
-    want = 6 * (2 * 12 * d * d) * 2 * L + 6 * 100 * d * L + 12 * 2 * d * L * (L + 8)
-    assert BlockDiffusionLM(cfg).flops_per_sequence() == want
+    model = BlockDiffusionLM(cfg)
+    x = torch.randint(0, 99, (1, 32))
+    with FlopCounterMode(display=False) as counter:
+        model(x, x, loss_weights=torch.ones(1, 32)).backward()
+    matmuls = counter.get_flop_counts()['Global'][torch.ops.aten.mm]
+    pairs = int(training_mask(32, 8, CPU, False).sum())
+    assert model.flops_per_sequence() == matmuls + 12 * cfg.n_embd * cfg.n_layer * pairs

@@ -6,6 +6,7 @@ import os
 import runpy
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,8 +24,10 @@ MASK = 3
 def test_residual_math_by_hand():
     logits = torch.tensor([[[math.log(0.5), math.log(0.25), math.log(0.25), 7.0],   # [MASK] logit is ignored
                             [0.0, 0.0, 0.0, 0.0]]])                               # uniform over the 3 tokens
+    before = logits.clone()
     p = rcd.residual_probs(logits, MASK)
     assert torch.allclose(p[0, 0], torch.tensor([0.5, 0.25, 0.25, 0.0]))
+    assert torch.equal(logits, before)  # the caller's logits (the sampler reuses them) are left alone
     r = rcd.soft_tokens(p, E)  # 0.5·[1,0] + 0.25·[0,1] + 0.25·[1,1] = [0.75, 0.5]; uniform: [2/3, 2/3]
     assert torch.allclose(r, torch.tensor([[[0.75, 0.5], [2 / 3, 2 / 3]]]))
     h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # = 1.5 log 2
@@ -190,15 +193,12 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
     target, small_ref = stage1_ckpts
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
     args = stage2_args(tiny_reasoning, target, small_ref, full)  # a reference smaller than the target
-    ref_before = trainer.load_checkpoint(small_ref)['model']
     r = run_script(*args, '--max_iters=4', '--lr_decay_iters=4')
     assert r.returncode == 0, r.stderr
     after = trainer.load_checkpoint(os.path.join(full, 'ckpt.pt'))
     before = trainer.load_checkpoint(target)
     assert after['iter_num'] == 4
     assert any(not torch.equal(after['model'][k], before['model'][k]) for k in before['model'])  # target moved
-    ref_after = trainer.load_checkpoint(small_ref)['model']
-    assert all(torch.equal(ref_before[k], ref_after[k]) for k in ref_before)                      # reference did not
     args = stage2_args(tiny_reasoning, target, small_ref, part)
     assert run_script(*args, '--max_iters=2', '--lr_decay_iters=4').returncode == 0
     assert run_script(*args, '--max_iters=4', '--lr_decay_iters=4', '--init_from=resume').returncode == 0
@@ -207,6 +207,34 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
         with open(os.path.join(d, 'log.jsonl')) as f:
             return {r['iter']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
     assert losses(full) == losses(part) and len(losses(full)) == 4
+
+
+def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_reads(
+        tiny_reasoning, stage1_ckpts, tmp_path, monkeypatch):
+    target, small_ref = stage1_ckpts
+    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, target, small_ref, str(tmp_path))
+                        + ['--max_iters=3', '--lr_decay_iters=3', '--residual_fraction=1.0'])
+    g = runpy.run_path('train_stage2.py', run_name='__main__')  # trains 3 iterations in this process
+    model, reference = g['model'], g['reference']
+    ref_ckpt, target_ckpt = trainer.load_checkpoint(small_ref)['model'], trainer.load_checkpoint(target)['model']
+    assert all(torch.equal(reference.state_dict()[k], ref_ckpt[k]) for k in ref_ckpt)  # the reference's own weights
+    assert any(not torch.equal(model.state_dict()[k], target_ckpt[k]) for k in target_ckpt)  # the target moved
+    seen, ref_forward = {}, reference.forward
+
+    def ref_spy(x_t, x0=None, *args, **kwargs):
+        seen['ref_logits'] = ref_forward(x_t, x0, *args, **kwargs)
+        return seen['ref_logits']
+
+    def target_spy(x_t, x0, delta, loss_weights):
+        seen['x_t'], seen['delta'] = x_t, delta
+        return torch.zeros(())
+    reference.forward = ref_spy
+    x0, prompt_mask = g['batches'].get('train', np.random.default_rng(0))
+    g['loss_fn'](target_spy, x0, prompt_mask, torch.Generator().manual_seed(0))
+    masked = seen['x_t'] == model.cfg.mask_id
+    want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
+    assert masked.any() and torch.allclose(seen['delta'], want)
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):

@@ -20,6 +20,7 @@ def test_commit_counts():
     assert commit_counts(8, 3) == [3, 3, 2]
     assert commit_counts(7, 2) == [2, 2, 2, 1]
     assert commit_counts(5, 8) == [5]
+    assert commit_counts(10, 4) == [4, 3, 3]  # spread evenly, not 4, 4, 2
 
 
 @pytest.mark.parametrize('rule', [dict(tokens_per_step=1), dict(tokens_per_step=3), dict(threshold=0.3),

@@ -1,0 +1,111 @@
+"""Bad input and bad luck: every bad value is a short clear error with a non-zero exit, a diverging run stops without
+writing its weights, a trained checkpoint is never silently replaced, a corrupted one is detected, --help works."""
+import json
+import os
+import runpy
+import sys
+
+import pytest
+
+import trainer
+from conftest import TINY, run_script
+
+
+def stage1_args(data, out, *extra):
+    return ['train_stage1.py', *TINY, f'--dataset={data}', '--seq_len=64', f'--out_dir={out}', *extra]
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--batch_size=0'], 'batch_size=0 must be >= 1'),
+    (['--eval_interval=0'], 'eval_interval=0 must be >= 1'),
+    (['--eval_iters=0'], 'eval_iters=0 must be >= 1'),
+    (['--log_interval=0'], 'log_interval=0 must be >= 1'),
+    (['--grad_accum_steps=0'], 'grad_accum_steps=0 must be >= 1'),
+    (['--max_iters=-1'], 'max_iters=-1 must be >= 0'),
+    (['--warmup_iters=-5'], 'warmup_iters=-5 must be >= 0'),
+    (['--lr_decay_iters=0'], 'lr_decay_iters=0 must be >= 1'),
+    (['--weight_decay=-0.1'], 'weight_decay=-0.1 must be >= 0'),
+    (['--grad_clip=-1.0'], 'grad_clip=-1.0 must be >= 0'),
+    (['--learning_rate=0'], 'need learning_rate > 0'),
+    (['--beta2=1.5'], 'beta1, beta2 < 1'),
+    (['--dropout=1.0'], 'dropout=1.0 must be in [0, 1)'),
+    (['--mask_rate_min=0.9', '--mask_rate_max=0.5'], 'need 0 <= mask_rate_min < mask_rate_max <= 1'),
+    (['--n_head=0'], 'n_head=0 must be >= 1'),
+    (['--n_embd=0'], 'n_embd=0 must be >= 1'),
+    (['--n_layer=-1'], 'n_layer=-1 must be >= 1'),
+    (['--block_size=0'], 'block_size=0 must be >= 1'),
+    (['--n_embd=30', '--n_head=4'], 'must split into n_head=4 heads of even size'),
+    (['--dtype=float16'], "dtype='float16' is not supported"),
+    (['--device=cuda:7'] if not __import__('torch').cuda.is_available() else ['--device=tpu'], 'device='),
+    (['--init_from=latest'], "init_from='latest' must be 'scratch' or 'resume'"),
+])
+def test_every_bad_training_value_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch, args, message):
+    """In-process for speed: a clear error is a SystemExit carrying the message (anything else fails the test)."""
+    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.setattr(sys, 'argv', stage1_args(tiny_reasoning, tmp_path, '--max_iters=1', *args))
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path('train_stage1.py', run_name='__main__')
+    assert message in str(e.value) and len(str(e.value).splitlines()) <= 2
+
+
+def test_a_diverging_run_stops_and_never_replaces_a_good_checkpoint(tiny_reasoning, tmp_path):
+    out = str(tmp_path / 'run')
+    common = ['--eval_interval=3', '--always_save_checkpoint=True', '--lr_decay_iters=30', '--warmup_iters=0']
+    assert run_script(*stage1_args(tiny_reasoning, out, '--max_iters=3', *common)).returncode == 0
+    path = os.path.join(out, 'ckpt.pt')
+    good = os.path.getmtime(path), trainer.load_checkpoint(path)['iter_num']
+    r = run_script(*stage1_args(tiny_reasoning, out, '--max_iters=30', '--init_from=resume', '--learning_rate=1e6',
+                                *common))
+    assert r.returncode != 0 and 'diverged' in r.stderr and 'Traceback' not in r.stderr
+    assert (os.path.getmtime(path), trainer.load_checkpoint(path)['iter_num']) == good
+
+
+def test_training_again_into_a_trained_out_dir_is_refused(tiny_reasoning, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run_script(*stage1_args(tiny_reasoning, out, '--max_iters=2', '--eval_interval=2')).returncode == 0
+    before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
+    r = run_script(*stage1_args(tiny_reasoning, out, '--max_iters=2', '--eval_interval=2'))
+    assert r.returncode != 0 and '--init_from=resume' in r.stderr and 'fresh --out_dir' in r.stderr
+    assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
+
+
+def test_corrupted_checkpoint_and_stale_files(tiny_reasoning, tmp_path):
+    out = str(tmp_path / 'run')
+    args = ['--eval_interval=2', '--always_save_checkpoint=True', '--lr_decay_iters=4']
+    assert run_script(*stage1_args(tiny_reasoning, out, '--max_iters=2', *args)).returncode == 0
+    path = os.path.join(out, 'ckpt.pt')
+    with open(path + '.tmp', 'wb') as f:  # what a kill in mid-save leaves behind
+        f.write(b'partial')
+    with open(os.path.join(out, 'log.jsonl'), 'a') as f:  # records logged after the checkpoint, then killed
+        f.write(json.dumps(dict(iter=3, loss=9.0)) + '\n{"iter": 4, "lo')
+    assert run_script(*stage1_args(tiny_reasoning, out, '--max_iters=4', '--init_from=resume', *args)).returncode == 0
+    assert not os.path.exists(path + '.tmp')
+    with open(os.path.join(out, 'log.jsonl')) as f:
+        records = [json.loads(line) for line in f]
+    steps = [r['iter'] for r in records if 'loss' in r]
+    evals = [r['iter'] for r in records if 'val_loss' in r]
+    assert steps == [1, 2, 3, 4] and evals == [0, 2, 4] and all(r.get('loss') != 9.0 for r in records)
+    data = bytearray(open(path, 'rb').read())
+    tensor_bytes = data.find(b'data/0') + 2000  # inside the stored tensors, past the zip entry's header
+    data[tensor_bytes:tensor_bytes + 100] = bytes(100)
+    open(path, 'wb').write(bytes(data))
+    r = run_script('sample.py', f'--ckpt={path}', '--device=cpu')
+    assert r.returncode != 0 and 'is corrupted' in r.stderr and 'Traceback' not in r.stderr
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--prompt=' + '1+2' * 40], 'must fit the context'),
+    (['--max_new_tokens=500', '--prompt=1+2=?\\n'], 'must fit the context'),
+])
+def test_bad_sampling_input_is_a_clear_error(tiny_reasoning, tmp_path, args, message):
+    out = str(tmp_path / 'run')
+    assert run_script(*stage1_args(tiny_reasoning, out, '--max_iters=1', '--eval_interval=1')).returncode == 0
+    r = run_script('sample.py', f'--ckpt={out}/ckpt.pt', '--device=cpu', '--num_samples=1', *args)
+    assert r.returncode != 0 and message in r.stderr and 'Traceback' not in r.stderr
+
+
+@pytest.mark.parametrize('script', ['train_stage1.py', 'train_stage2.py', 'sample.py', 'eval.py', 'bench.py'])
+def test_help_says_what_the_script_does_and_its_keys(script):
+    r = run_script(script, '--help')
+    assert r.returncode == 0 and 'config keys' in r.stdout and '--device=' in r.stdout
+    assert len(r.stdout.split('config keys')[0].strip()) > 40  # the script's own description comes first
