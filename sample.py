@@ -5,16 +5,18 @@ Each block starts as B copies of [MASK]. At every denoising step one forward pas
 cache of the prompt and finished blocks) predicts every masked position; the most confident predictions are committed,
 the rest go back to [MASK]. Commit rules: a fixed number of tokens per step (threshold=0), or every position whose top
 probability reaches `threshold` (at least one per step). A finished block is run once more to append its keys/values to
-the cache. Cost = forward passes per answer (denoising steps + cache fills, and the reference model's passes when it
-warm-starts RCD; the prompt's prefill is not counted).
+the cache. Cost = forward passes per answer (denoising steps + cache fills + the extra pass that seeds a block's first
+step with first_step='self' or 'reference', and that reference's cache fills; the prompt's prefill is not counted).
 
 With --rcd=True the remasked positions do not go back to plain [MASK]: they carry a residual built from this step's
 predictions into the next step (rcd.py, SPEC §4). It works on any checkpoint: a stage-2 RCD model was trained to read
 residuals; a stage-1 model was not (an ablation). --rcd=True --alpha_mode=none is exactly the plain sampler.
+--first_step says what a block's first step reads, which has no previous step (SPEC §6).
 
     python sample.py --ckpt=out/stage1/ckpt.pt --prompt='12+34-5=?\\n'
     python sample.py --ckpt=out/stage2/ckpt.pt --rcd=True --tokens_per_step=4
-Test-split accuracy over a sweep of decoding budgets: eval.py.
+On a dataset with answers (sudoku, reasoning) and no --prompt it samples the first test problems and says whether
+each answer is right. Accuracy over a sweep of decoding budgets: eval.py.
 """
 import functools
 import math

@@ -26,3 +26,24 @@ def tiny_reasoning(tmp_path_factory):
 # a model small enough that a training run takes seconds on a CPU
 TINY = ['--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=16', '--eval_iters=2',
         '--log_interval=1', '--warmup_iters=2']
+
+
+@pytest.fixture(scope='session')
+def counting_model():
+    """A tiny model trained for a few CPU seconds to continue counting (x[i] = x[i-1] + 1 mod 9; 9 = <eos>, 10 =
+    [MASK]). Its greedy output depends on the context, so a sampler equality (cache = no cache, α = 0 = baseline)
+    compares real sequences, not one token repeated."""
+    import torch
+    from model import BlockDiffusionLM, ModelConfig, training_loss
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=11, mask_id=10, seq_len=32, block_size=4, n_layer=2, n_head=2, n_embd=32)
+    model = BlockDiffusionLM(cfg)
+    opt = model.configure_optimizer(0.0, 3e-3, (0.9, 0.95), 'cpu')
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        x0 = (torch.randint(0, 9, (32, 1), generator=gen) + torch.arange(32)) % 9
+        loss = training_loss(model, cfg, x0, torch.zeros_like(x0, dtype=torch.bool), gen, 0.0, 1.0, 'elbo')
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()

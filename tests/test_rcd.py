@@ -86,12 +86,13 @@ def tiny_model(seed=0):
 
 
 @pytest.mark.parametrize('rule', [dict(tokens_per_step=1), dict(tokens_per_step=2), dict(threshold=0.4)])
-def test_alpha_zero_is_the_baseline_sampler(rule):
-    model = tiny_model()
+def test_alpha_zero_is_the_baseline_sampler(counting_model, rule):
     prompt = torch.randint(0, 9, (3, 5))
-    base = generate(model, prompt, 20, **rule)
-    none = generate(model, prompt, 20, alpha_mode='none', **rule)
+    base = generate(counting_model, prompt, 20, **rule)
+    none = generate(counting_model, prompt, 20, alpha_mode='none', **rule)
     assert torch.equal(base[0], none[0]) and torch.equal(base[1], none[1])
+    if 'tokens_per_step' in rule:  # and the residual does change what later steps predict
+        assert not torch.equal(base[0], generate(counting_model, prompt, 20, alpha_mode='entropy', **rule)[0])
 
 
 def test_residuals_reach_only_remasked_positions_of_later_steps():
@@ -159,8 +160,8 @@ def test_first_step_seeds_the_residual_as_named(first_step):
     assert first_step == 'reference' or not ref_calls
 
 
-def test_rcd_with_a_warm_start_and_the_cache_agree():
-    model, reference = tiny_model(0), tiny_model(1)
+def test_rcd_with_a_warm_start_and_the_cache_agree(counting_model):
+    model, reference = counting_model, tiny_model(1)
     prompt = torch.randint(0, 9, (2, 6))
     outs = [generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy', first_step='reference',
                      reference=reference, use_cache=c) for c in (True, False)]
@@ -223,7 +224,7 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     seen, ref_forward = {}, reference.forward
 
     def ref_spy(x_t, x0=None, *args, **kwargs):
-        seen['ref_logits'] = ref_forward(x_t, x0, *args, **kwargs)
+        seen['ref_x_t'], seen['ref_logits'] = x_t, ref_forward(x_t, x0, *args, **kwargs)
         return seen['ref_logits']
 
     def target_spy(x_t, x0, delta, loss_weights):
@@ -234,7 +235,14 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     g['loss_fn'](target_spy, x0, prompt_mask, torch.Generator().manual_seed(0))
     masked = seen['x_t'] == model.cfg.mask_id
     want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
-    assert masked.any() and torch.allclose(seen['delta'], want)
+    assert masked.any() and torch.allclose(seen['delta'], want) and torch.equal(seen['ref_x_t'], seen['x_t'])
+    g['loss_fn'].__globals__['reference_extra_mask'] = 0.5  # a step-aligned reference: x_t with more of it masked
+    g['loss_fn'](target_spy, x0, prompt_mask, torch.Generator().manual_seed(0))
+    ref_masked = seen['ref_x_t'] == model.cfg.mask_id
+    masked = seen['x_t'] == model.cfg.mask_id
+    assert (ref_masked >= masked).all() and ref_masked.sum() > masked.sum() and not (ref_masked & prompt_mask).any()
+    want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
+    assert torch.allclose(seen['delta'], want)  # residuals still only where the target reads [MASK]
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):

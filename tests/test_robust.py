@@ -1,9 +1,7 @@
-"""Bad input and bad luck: every bad value is a short clear error with a non-zero exit, a diverging run stops without
+"""Bad luck and bad input (the table of bad config values is in test_train.py): a diverging run stops without
 writing its weights, a trained checkpoint is never silently replaced, a corrupted one is detected, --help works."""
 import json
 import os
-import runpy
-import sys
 
 import pytest
 
@@ -13,39 +11,6 @@ from conftest import TINY, run_script
 
 def stage1_args(data, out, *extra):
     return ['train_stage1.py', *TINY, f'--dataset={data}', '--seq_len=64', f'--out_dir={out}', *extra]
-
-
-@pytest.mark.parametrize('args,message', [
-    (['--batch_size=0'], 'batch_size=0 must be >= 1'),
-    (['--eval_interval=0'], 'eval_interval=0 must be >= 1'),
-    (['--eval_iters=0'], 'eval_iters=0 must be >= 1'),
-    (['--log_interval=0'], 'log_interval=0 must be >= 1'),
-    (['--grad_accum_steps=0'], 'grad_accum_steps=0 must be >= 1'),
-    (['--max_iters=-1'], 'max_iters=-1 must be >= 0'),
-    (['--warmup_iters=-5'], 'warmup_iters=-5 must be >= 0'),
-    (['--lr_decay_iters=0'], 'lr_decay_iters=0 must be >= 1'),
-    (['--weight_decay=-0.1'], 'weight_decay=-0.1 must be >= 0'),
-    (['--grad_clip=-1.0'], 'grad_clip=-1.0 must be >= 0'),
-    (['--learning_rate=0'], 'need learning_rate > 0'),
-    (['--beta2=1.5'], 'beta1, beta2 < 1'),
-    (['--dropout=1.0'], 'dropout=1.0 must be in [0, 1)'),
-    (['--mask_rate_min=0.9', '--mask_rate_max=0.5'], 'need 0 <= mask_rate_min < mask_rate_max <= 1'),
-    (['--n_head=0'], 'n_head=0 must be >= 1'),
-    (['--n_embd=0'], 'n_embd=0 must be >= 1'),
-    (['--n_layer=-1'], 'n_layer=-1 must be >= 1'),
-    (['--block_size=0'], 'block_size=0 must be >= 1'),
-    (['--n_embd=30', '--n_head=4'], 'must split into n_head=4 heads of even size'),
-    (['--dtype=float16'], "dtype='float16' is not supported"),
-    (['--device=cuda:7'] if not __import__('torch').cuda.is_available() else ['--device=tpu'], 'device='),
-    (['--init_from=latest'], "init_from='latest' must be 'scratch' or 'resume'"),
-])
-def test_every_bad_training_value_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch, args, message):
-    """In-process for speed: a clear error is a SystemExit carrying the message (anything else fails the test)."""
-    monkeypatch.chdir(trainer.ROOT)
-    monkeypatch.setattr(sys, 'argv', stage1_args(tiny_reasoning, tmp_path, '--max_iters=1', *args))
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path('train_stage1.py', run_name='__main__')
-    assert message in str(e.value) and len(str(e.value).splitlines()) <= 2
 
 
 def test_a_diverging_run_stops_and_never_replaces_a_good_checkpoint(tiny_reasoning, tmp_path):

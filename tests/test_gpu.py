@@ -1,0 +1,51 @@
+"""GPU paths against the CPU reference (skipped without CUDA; run on a GPU machine): the compiled training pass
+(FlexAttention), the compiled residual of the sampler and stage 2, and bf16 autocast against float32. The CUDA-graph
+sampler is checked in test_sample.py and FlexAttention alone in test_model.py."""
+import copy
+
+import pytest
+import torch
+
+import rcd
+from model import BlockDiffusionLM, ModelConfig, loss_weights
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
+
+
+def model_pair():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, mask_id=49, seq_len=64, block_size=8, n_layer=2, n_head=2, n_embd=64)
+    cpu = BlockDiffusionLM(cfg)
+    return cfg, cpu, copy.deepcopy(cpu).cuda()
+
+
+def test_compiled_training_pass_matches_the_cpu_path():
+    cfg, cpu, gpu = model_pair()
+    x0 = torch.randint(0, 48, (4, 64))
+    x_t = torch.where(torch.rand(4, 64) < 0.5, cfg.mask_id, x0)
+    w = loss_weights(x_t == cfg.mask_id, torch.full((4, 64), 0.5), torch.zeros(4, 64, dtype=torch.bool), 'elbo')
+    want = cpu(x_t, x0, loss_weights=w)
+    got = torch.compile(gpu)(x_t.cuda(), x0.cuda(), loss_weights=w.cuda())  # FlexAttention with the BlockMask
+    assert torch.allclose(got.cpu(), want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('temperature', [1.0, 0.7])
+def test_compiled_residual_matches_eager(temperature):
+    torch.manual_seed(0)
+    logits, emb = torch.randn(8, 16, 50) * 3, torch.randn(50, 32)
+    remasked = torch.rand(8, 16) < 0.6
+    want = rcd.logits_residual(logits, emb, 49, remasked, 'entropy', temperature=temperature)
+    got = torch.compile(rcd.logits_residual)(logits.cuda(), emb.cuda(), 49, remasked.cuda(), 'entropy',
+                                             temperature=temperature)
+    assert torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    cfg, _, gpu = model_pair()
+    x = torch.randint(0, 50, (4, 64), device='cuda')
+    with torch.no_grad():
+        full = gpu(x).float()
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            half = gpu(x).float()
+    assert (half - full).abs().max() < 0.05 * full.abs().max()
+    assert (half.argmax(-1) == full.argmax(-1)).float().mean() > 0.95
