@@ -23,6 +23,16 @@ def tiny_reasoning(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope='session')
+def tiny_ckpt(tiny_reasoning, tmp_path_factory):
+    """A stage-1 checkpoint of a tiny model trained for 20 iterations on the tiny reasoning set."""
+    out = str(tmp_path_factory.mktemp('eval_stage1'))
+    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64', f'--out_dir={out}',
+                   '--max_iters=20', '--eval_interval=20', '--learning_rate=3e-3')
+    assert r.returncode == 0, r.stderr
+    return os.path.join(out, 'ckpt.pt')
+
+
 # a model small enough that a training run takes seconds on a CPU
 TINY = ['--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=16', '--eval_iters=2',
         '--log_interval=1', '--warmup_iters=2']

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import TINY, run_script
+from conftest import run_script
 from eval import wilson_interval
 
 
@@ -16,15 +16,6 @@ def test_wilson_interval_by_hand():
     lo, hi = wilson_interval(50, 100)
     assert math.isclose(lo, 0.4038, abs_tol=1e-4) and math.isclose(hi, 0.5962, abs_tol=1e-4)
     assert wilson_interval(7, 7)[1] == 1.0
-
-
-@pytest.fixture(scope='module')
-def tiny_ckpt(tiny_reasoning, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp('eval_stage1'))
-    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64', f'--out_dir={out}',
-                   '--max_iters=20', '--eval_interval=20', '--learning_rate=3e-3')
-    assert r.returncode == 0, r.stderr
-    return os.path.join(out, 'ckpt.pt')
 
 
 def sweep(ckpt, records, *extra):
