@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def fail(msg):
-    raise SystemExit(f'error: {msg}')
+    """Exit with a one-line error; under torchrun only rank 0 says it (every rank fails the same way)."""
+    raise SystemExit(f'error: {msg}' if os.environ.get('RANK', '0') == '0' else 1)
 
 
 def check_config(c):

@@ -42,7 +42,12 @@ def test_training_mask_matches_spec(L, B):
 def test_inference_mask_is_block_causal(n_q, offset, n_kv, B):
     """Queries at positions offset.. against a key buffer of n_kv positions: earlier and own blocks only."""
     mask = inference_mask(offset + torch.arange(n_q), n_kv, B)
-    want = torch.tensor([[k // B <= (offset + q) // B for k in range(n_kv)] for q in range(n_q)])
+    want = torch.zeros(n_q, n_kv, dtype=torch.bool)
+    for q in range(n_q):  # a query sees the key prefix that ends where its own block ends
+        block_end = B
+        while block_end <= offset + q:
+            block_end += B
+        want[q, :block_end] = True
     assert torch.equal(mask, want)
 
 
