@@ -30,8 +30,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def fail(msg):
-    """Exit with a one-line error; under torchrun only rank 0 says it (every rank fails the same way)."""
-    raise SystemExit(f'error: {msg}' if os.environ.get('RANK', '0') == '0' else 1)
+    raise SystemExit(f'error: {msg}')
 
 
 def check_config(c):
@@ -238,6 +237,8 @@ def train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast):
     c = SimpleNamespace(**config)
     rank, n_proc = world()
     if c.grad_accum_steps % n_proc:
+        if rank > 0:
+            sys.exit(1)  # every rank fails alike: rank 0 alone says why
         fail(f'grad_accum_steps={c.grad_accum_steps} must be a multiple of the number of processes ({n_proc})')
     compiled = torch.compile(model) if c.compile and device.type == 'cuda' else model
     fwd = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None) if n_proc > 1 else compiled
