@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import trainer
 from configurator import configure
-from sample import answer_of, check_decoding, generate, load_models
+from sample import answer_of, check_decoding, generate, is_right, load_models
 
 # -----------------------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
@@ -50,10 +50,6 @@ seed = 1337
 # -----------------------------------------------------------------------------------------------------------------
 
 
-def is_right(pred, solution, prefix):
-    return pred is not None and pred == answer_of(solution, prefix)
-
-
 def score(model, tok, meta, split, n_problems, batch_size, autocast, desc='test', **decode):
     """(per-problem correctness list, valid Sudoku grids or None, mean forward passes per answer) on
     data/<dataset>/<split>.pkl. Problems are batched by prompt length, so every row of a batch shares the same block
@@ -63,7 +59,8 @@ def score(model, tok, meta, split, n_problems, batch_size, autocast, desc='test'
         trainer.fail(f"dataset '{meta['dataset']}' has no scorable {split} split ({path}); run its prepare.py")
     with open(path, 'rb') as f:
         problems = pickle.load(f)[:n_problems or None]
-    if meta.get('task') == 'sudoku':
+    grids = meta.get('task') == 'sudoku'  # also count answers that are valid Sudoku grids
+    if grids:
         from data.sudoku.prepare import is_valid_grid
     by_len = {}
     for i, (q, solution) in enumerate(problems):
@@ -79,11 +76,11 @@ def score(model, tok, meta, split, n_problems, batch_size, autocast, desc='test'
             for i, row in zip(chunk, out[:, p_len:].tolist()):
                 pred = answer_of(tok.decode(row), meta['answer_prefix'])
                 right[i] = is_right(pred, problems[i][1], meta['answer_prefix'])
-                valid += meta.get('task') == 'sudoku' and is_valid_grid(pred)
+                valid += grids and is_valid_grid(pred)
             passes += int(n_pass.sum())
             bar.update(len(chunk))
     bar.close()
-    return right, valid if meta.get('task') == 'sudoku' else None, passes / len(problems)
+    return right, valid if grids else None, passes / len(problems)
 
 
 def wilson_interval(correct, n, z=1.96):
@@ -212,8 +209,9 @@ def draw(path):
     ax.set_xlabel('forward passes per answer (denoising steps + cache fills)')
     ax.set_ylabel('exact-answer accuracy (%)')
     ax.set_xscale('log')
-    lo, hi = min(r['mean_passes'] for r in rows), max(r['mean_passes'] for r in rows)
-    ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192) if lo / 1.5 <= t <= hi * 1.5])
+    fewest, most = min(r['mean_passes'] for r in rows), max(r['mean_passes'] for r in rows)
+    ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)
+                   if fewest / 1.5 <= t <= most * 1.5])
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
@@ -246,8 +244,8 @@ def main():
         trainer.fail('need at least one setting, tokens per step >= 1 and thresholds in [0, 1]')
     torch.manual_seed(seed)
     dev, autocast = trainer.setup_device(device, dtype)
-    model, meta, tok, reference = load_models(ckpt, reference_ckpt, dev)
-    train_seed = trainer.load_checkpoint(ckpt).get('config', {}).get('seed')
+    model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
+    train_seed = train_config.get('seed')
     name = label or ('RCD' if rcd else 'baseline')
     os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
     for rule, k, tau in settings:

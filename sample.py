@@ -204,7 +204,8 @@ def block_graph(model, cache, b):
 
 
 def load_models(ckpt, reference_ckpt, dev):
-    """(model, meta, tokenizer, reference or None) from a checkpoint and an optional reference checkpoint."""
+    """(model, meta, tokenizer, reference or None, training config) from a checkpoint and an optional reference
+    checkpoint."""
     state = trainer.load_checkpoint(ckpt)
     model = trainer.build_model(state['model_args'], state['model']).to(dev).eval()
     reference = None
@@ -212,7 +213,7 @@ def load_models(ckpt, reference_ckpt, dev):
         ref_state = trainer.load_checkpoint(reference_ckpt)
         trainer.check_compatible(ref_state, state, 'reference_ckpt', 'ckpt')
         reference = trainer.build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
-    return model, state['meta'], Tokenizer(state['meta']), reference
+    return model, state['meta'], Tokenizer(state['meta']), reference, state.get('config', {})
 
 
 def check_decoding(tokens_per_step, threshold, temperature, alpha_mode, residual_temperature, rcd, first_step,
@@ -236,6 +237,11 @@ def answer_of(text, prefix):
     return text.rsplit(prefix, 1)[1].split('\n')[0].strip() if prefix in text else None
 
 
+def is_right(pred, solution, prefix):
+    """A parsed answer `pred` is right when it equals the reference solution's answer exactly."""
+    return pred is not None and pred == answer_of(solution, prefix)
+
+
 if __name__ == '__main__':
     configure(globals(), [k for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)],
               sys.argv[1:])
@@ -243,7 +249,7 @@ if __name__ == '__main__':
                    reference_ckpt)
     torch.manual_seed(seed)
     dev, autocast = trainer.setup_device(device, dtype)
-    model, meta, tok, reference = load_models(ckpt, reference_ckpt, dev)
+    model, meta, tok, reference, _ = load_models(ckpt, reference_ckpt, dev)
     rule = (f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step') + \
         (f', RCD alpha={alpha_mode}, first step {first_step}' if rcd else '')
     decode = dict(tokens_per_step=tokens_per_step, threshold=threshold, temperature=temperature, use_cache=use_cache,
@@ -265,5 +271,5 @@ if __name__ == '__main__':
         sample = tok.decode(out[0, ids.shape[1]:].tolist())
         print(f'--- {rule}, {int(n_pass)} forward passes\n{text}{sample}')
         if solution is not None:
-            want, got = answer_of(solution, meta['answer_prefix']), answer_of(sample, meta['answer_prefix'])
-            print(f"reference answer: {want}  ({'right' if got == want else 'wrong'})")
+            right = is_right(answer_of(sample, meta['answer_prefix']), solution, meta['answer_prefix'])
+            print(f"reference answer: {answer_of(solution, meta['answer_prefix'])}  ({'right' if right else 'wrong'})")

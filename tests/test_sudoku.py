@@ -10,8 +10,8 @@ import pytest
 
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import binomial_interval, is_right, paired_difference, selection
-from sample import answer_of
+from eval import binomial_interval, paired_difference, selection
+from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
 
