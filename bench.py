@@ -1,9 +1,10 @@
 """
-Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2, (b) attention alone:
+Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row with residuals, and
+half of them as with the default residual_fraction=0.5: only those rows go through the reference), (b) attention alone:
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
 (c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
 without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
-50304) and the tiny default model.
+50304), the tiny default model and the Sudoku model (config/sudoku_gpu.py; training and attention only).
 GPU times are CUDA events after warm-up, median of repeats. Random weights and tokens: speed does not depend on them,
 and the sampler's static rule makes the number of forward passes fixed. On CPU a tiny smoke version runs.
 
@@ -20,7 +21,8 @@ import torch
 import rcd
 import trainer
 from configurator import configure
-from model import BlockDiffusionLM, ModelConfig, compiled_flex_attention, inference_mask, training_loss, training_mask
+from model import (FLEX_MIN_TOKENS, BlockDiffusionLM, ModelConfig, attention, inference_mask, training_loss,
+                   training_mask)
 from sample import generate
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -39,7 +41,9 @@ SIZES = {
     'gpt2': dict(model=dict(vocab_size=50304, mask_id=50257, seq_len=1024, block_size=32, n_layer=12, n_head=12,
                             n_embd=768), train_batch=16, attn={1024: 8, 4096: 2}, sample_batches=(1, 64), blocks=8),
     'tiny': dict(model=dict(vocab_size=19, mask_id=18, seq_len=96, block_size=8, n_layer=6, n_head=6, n_embd=384),
-                 train_batch=256, attn={}, sample_batches=(1, 64), blocks=8),
+                 train_batch=256, attn={96: 256}, sample_batches=(1, 64), blocks=8),
+    'sudoku': dict(model=dict(vocab_size=14, mask_id=13, seq_len=192, block_size=96, n_layer=6, n_head=6, n_embd=384),
+                   train_batch=256, attn={192: 256}, sample_batches=(), blocks=1),  # config/sudoku_gpu.py
     'smoke': dict(model=dict(vocab_size=19, mask_id=18, seq_len=64, block_size=8, n_layer=2, n_head=2, n_embd=32),
                   train_batch=4, attn={64: 2}, sample_batches=(1, 4), blocks=2),  # CPU
 }
@@ -86,6 +90,7 @@ if cuda:
     del a
 
 for size in sizes.split(','):
+    torch._dynamo.reset()  # each size compiled afresh: a recompile for a new shape goes dynamic (and broke in 2.11)
     spec = SIZES[size]
     cfg = ModelConfig(**spec['model'])
     L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
@@ -101,14 +106,14 @@ for size in sizes.split(','):
         prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
         gen = torch.Generator(dev).manual_seed(0)
         residual_fn = torch.compile(rcd.reference_residual) if compile and cuda else rcd.reference_residual
-
-        def residual(x_t, x0, masked):  # as train_stage2.py, every row with residuals
-            return residual_fn(reference, model.wte.weight, cfg.mask_id, x_t, x0, masked, 'entropy')
         step_ms = {}
-        for stage, res in (('stage1', None), ('stage2', residual)):
+        for stage, n_rows in (('stage1', 0), ('stage2', b), ('stage2 half', b // 2)):  # half: residual_fraction=0.5
+            def residual(x_t, x0, masked):  # as train_stage2.py
+                return residual_fn(reference, model.wte.weight, cfg.mask_id, x_t, x0, masked, 'entropy', 0.5, n_rows)
+
             def step():
                 with autocast:
-                    loss = training_loss(fwd, cfg, x0, prompt_mask, gen, 0.0, 1.0, 'elbo', res)
+                    loss = training_loss(fwd, cfg, x0, prompt_mask, gen, 0.0, 1.0, 'elbo', residual if n_rows else None)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
@@ -118,7 +123,8 @@ for size in sizes.split(','):
             row(what=f'train {stage}', size=size, batch=b, ms_per_step=ms, tokens_per_s=b * L / (ms / 1000),
                 tflops=flops / 1e12, **({'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak}
                                        if cuda else {}))
-        row(what='train stage2/stage1', size=size, ratio=step_ms['stage2'] / step_ms['stage1'])
+        row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
+            residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'])
         del model, reference, fwd, opt
         if cuda:
             torch.cuda.empty_cache()
@@ -131,16 +137,16 @@ for size in sizes.split(','):
                            for _ in range(3))
                 grad = torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16)
                 return lambda: attend(q, k, v).backward(grad) if cuda else attend(q, k, v)
-            flex = compiled_flex_attention() if cuda else torch.nn.attention.flex_attention.flex_attention
-            block_mask = training_mask(n, B, dev, True)
             dense = training_mask(n, B, dev, False)
             sdpa = torch.nn.functional.scaled_dot_product_attention
-            t = {name: timed(fwd_bwd(fn, 2 * n), warmup, repeats) for name, fn in (
-                ('flex', lambda q, k, v: flex(q, k, v, block_mask=block_mask)),
-                ('sdpa_dense_mask', lambda q, k, v: sdpa(q, k, v, attn_mask=dense)),
-                ('sdpa_causal', lambda q, k, v: sdpa(q, k, v, is_causal=True)))}
+            block_mask = training_mask(n, B, dev, True)
+            variants = {'flex': lambda q, k, v: attention(q, k, v, block_mask)} if cuda else {}
+            variants.update(sdpa_dense_mask=lambda q, k, v: sdpa(q, k, v, attn_mask=dense),
+                            sdpa_causal=lambda q, k, v: sdpa(q, k, v, is_causal=True))
+            t = {name: timed(fwd_bwd(fn, 2 * n), warmup, repeats) for name, fn in variants.items()}
             row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
-                flex_over_causal=t['flex'] / t['sdpa_causal'])
+                **({'flex_over_causal': t['flex'] / t['sdpa_causal']} if cuda else {}),
+                model_uses='flex' if cuda and 2 * n >= FLEX_MIN_TOKENS else 'sdpa_dense_mask')
             # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
             # (all visible here) vs SDPA with no mask at all, the lower bound
             q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)

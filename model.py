@@ -5,8 +5,8 @@ A bidirectional transformer whose attention is block-causal: token i sees token 
 diffusion block size. It is a denoiser, not a next-token predictor: the output at position i predicts the clean token at
 position i. Training reads the noised sequence x_t and the clean sequence x_0 side by side (length 2L) so that one pass
 denoises every block against its clean prefix; inference denoises one block at a time against a KV cache of finished
-blocks. Attention is FlexAttention (compiled) for the training layout on CUDA and SDPA everywhere else; both take their
-mask from the same predicate.
+blocks. Attention is FlexAttention (compiled) for the training layout on CUDA (from 2L = FLEX_MIN_TOKENS up) and SDPA
+everywhere else; both take their mask from the same predicate.
 """
 import functools
 import math
@@ -69,6 +69,9 @@ def block_causal_mask_mod(block_size):
 def dense_mask(mask_mod, q_pos, kv_pos):
     """The predicate on every (query, key) pair of positions: a (len(q_pos), len(kv_pos)) bool tensor for SDPA."""
     return mask_mod(None, None, q_pos[:, None], kv_pos[None, :])
+
+
+FLEX_MIN_TOKENS = 512  # 2L below this: SDPA with the dense mask beats FlexAttention (bench.py, H100: 2L = 192, 384)
 
 
 @torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
@@ -217,7 +220,7 @@ class BlockDiffusionLM(nn.Module):
             raise ValueError(f'positions {start}..{start + n - 1} exceed the context: {limit} positions '
                              f'(seq_len={self.cfg.seq_len}' + (f', cache max_len={cache.max_len})' if cache else ')'))
         if x0 is not None:
-            mask = training_mask(n, self.cfg.block_size, x_t.device, x_t.is_cuda)
+            mask = training_mask(n, self.cfg.block_size, x_t.device, x_t.is_cuda and 2 * n >= FLEX_MIN_TOKENS)
             pos = torch.arange(n, device=x_t.device).repeat(2)
         else:  # positions from the cache's device-side start: the same code serves a replayed CUDA graph
             pos = torch.arange(n, device=x_t.device) + (cache.start if cache is not None else 0)

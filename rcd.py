@@ -98,11 +98,14 @@ def step_aligned(x_t, visible, mask_id, rate, generator=None):
     return torch.where(extra, mask_id, x_t)
 
 
-def reference_residual(reference, embedding, mask_id, x_t, x0, remasked, mode, constant=0.5):
+def reference_residual(reference, embedding, mask_id, x_t, x0, remasked, mode, constant=0.5, n_rows=None):
     """Stage 2 (SPEC §5): the residual inputs (delta) the target reads. The frozen reference model reads x_t (or, for
     a step-aligned reference, x_t with more positions masked) and predicts its masked positions (no gradient: no
     backpropagation through denoising steps); the `remasked` positions get those predictions as residuals, built with
-    the target's own `embedding`. (b, L) -> (b, L, d)."""
+    the target's own `embedding`. Only the first n_rows rows (all by default) get residuals, so only they go through
+    the reference; the other rows get delta 0 (plain [MASK]). (b, L) -> (b, L, d)."""
+    n = x_t.shape[0] if n_rows is None else n_rows
     with torch.no_grad():
-        logits = reference(x_t, x0)
-    return logits_residual(logits, embedding, mask_id, remasked, mode, constant)
+        logits = reference(x_t[:n], x0[:n])
+    delta = logits_residual(logits, embedding, mask_id, remasked[:n], mode, constant)
+    return torch.cat((delta, delta.new_zeros(x_t.shape[0] - n, *delta.shape[1:])))

@@ -103,16 +103,18 @@ batches = trainer.Batches(meta, model.cfg.seq_len, batch_size, device)
 
 
 def loss_fn(forward, x0, prompt_mask, generator):
-    """SPEC §5: the reference's predictions on x_t become residual inputs; the target denoises x_t with them."""
-    use = torch.rand(x0.shape[0], 1, device=x0.device, generator=generator) < residual_fraction
+    """SPEC §5: the reference's predictions on x_t become residual inputs; the target denoises x_t with them. The
+    first round(residual_fraction · batch) rows train with residuals (rows are drawn at random: a random subset), and
+    only they go through the reference."""
+    n_rows = round(residual_fraction * x0.shape[0])
 
     def residual(x_t, x0, masked):
         if reference_extra_mask > 0:
             x_t = rcd.step_aligned(x_t, ~masked & ~prompt_mask, model.cfg.mask_id, reference_extra_mask, generator)
-        return residual_fn(reference, model.wte.weight, model.cfg.mask_id, x_t, x0, masked & use, alpha_mode,
-                           alpha_constant)
+        return residual_fn(reference, model.wte.weight, model.cfg.mask_id, x_t, x0, masked, alpha_mode,
+                           alpha_constant, n_rows)
     return training_loss(forward, model.cfg, x0, prompt_mask, generator, mask_rate_min, mask_rate_max,
-                         loss_weighting, residual if alpha_mode != 'none' else None)  # α = 0: no reference pass
+                         loss_weighting, residual if alpha_mode != 'none' and n_rows > 0 else None)  # no reference pass
 
 
 trainer.train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast)

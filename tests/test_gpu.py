@@ -12,21 +12,27 @@ from model import BlockDiffusionLM, ModelConfig, loss_weights
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
 
 
-def model_pair():
+def model_pair(seq_len=64):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, mask_id=49, seq_len=64, block_size=8, n_layer=2, n_head=2, n_embd=64)
+    cfg = ModelConfig(vocab_size=50, mask_id=49, seq_len=seq_len, block_size=8, n_layer=2, n_head=2, n_embd=64)
     cpu = BlockDiffusionLM(cfg)
     return cfg, cpu, copy.deepcopy(cpu).cuda()
 
 
-def test_compiled_training_pass_matches_the_cpu_path():
-    cfg, cpu, gpu = model_pair()
-    x0 = torch.randint(0, 48, (4, 64))
-    x_t = torch.where(torch.rand(4, 64) < 0.5, cfg.mask_id, x0)
-    w = loss_weights(x_t == cfg.mask_id, torch.full((4, 64), 0.5), torch.zeros(4, 64, dtype=torch.bool), 'elbo')
+@pytest.mark.parametrize('seq_len', [256, 48])  # 2L = 512: FlexAttention; 2L = 96: SDPA with the dense mask
+def test_compiled_training_pass_matches_the_cpu_path(seq_len):
+    cfg, cpu, gpu = model_pair(seq_len)
+    x0 = torch.randint(0, 48, (4, seq_len))
+    x_t = torch.where(torch.rand(4, seq_len) < 0.5, cfg.mask_id, x0)
+    w = loss_weights(x_t == cfg.mask_id, torch.full((4, seq_len), 0.5), torch.zeros(4, seq_len, dtype=torch.bool),
+                     'elbo')
     want = cpu(x_t, x0, loss_weights=w)
-    got = torch.compile(gpu)(x_t.cuda(), x0.cuda(), loss_weights=w.cuda())  # FlexAttention with the BlockMask
+    got = torch.compile(gpu)(x_t.cuda(), x0.cuda(), loss_weights=w.cuda())
     assert torch.allclose(got.cpu(), want, rtol=1e-3, atol=1e-4)
+    want.backward()
+    got.backward()
+    for (name, p), q in zip(cpu.named_parameters(), gpu.parameters()):
+        assert (q.grad.cpu() - p.grad).norm() <= 1e-2 * p.grad.norm(), name
 
 
 @pytest.mark.parametrize('temperature', [1.0, 0.7])

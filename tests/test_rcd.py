@@ -243,6 +243,13 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     assert (ref_masked >= masked).all() and ref_masked.sum() > masked.sum() and not (ref_masked & prompt_mask).any()
     want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
     assert torch.allclose(seen['delta'], want)  # residuals still only where the target reads [MASK]
+    g['loss_fn'].__globals__.update(reference_extra_mask=0.0, residual_fraction=0.5)  # half the rows: only they
+    g['loss_fn'](target_spy, x0, prompt_mask, torch.Generator().manual_seed(0))      # go through the reference
+    half = x0.shape[0] // 2
+    masked = seen['x_t'] == model.cfg.mask_id
+    want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked[:half], 'entropy')
+    assert seen['ref_x_t'].shape[0] == half and torch.equal(seen['ref_x_t'], seen['x_t'][:half])
+    assert torch.allclose(seen['delta'][:half], want) and not seen['delta'][half:].any()
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
