@@ -10,6 +10,7 @@ and the sampler's static rule makes the number of forward passes fixed. On CPU a
 
     python bench.py                                   # everything: one table
     python bench.py --sections=attention --sizes=gpt2
+    python bench.py --sections=train --sizes=tiny --profile=True  # where a training step's time goes
 """
 import json
 import statistics
@@ -33,7 +34,8 @@ repeats = 20                     # training and attention; sampling uses max(3, 
 compile = True
 device = 'auto'
 out = ''                         # also write the rows as JSON lines to this file
-configure(globals(), ['sizes', 'sections', 'warmup', 'repeats', 'compile', 'device', 'out'], sys.argv[1:])
+profile = False                  # also print the kernels that take each training step's time (torch.profiler)
+configure(globals(), ['sizes', 'sections', 'warmup', 'repeats', 'compile', 'device', 'out', 'profile'], sys.argv[1:])
 # -----------------------------------------------------------------------------------------------------------------
 
 # model shape, training batch, attention batch per length, sampling batches and number of generated blocks
@@ -80,6 +82,18 @@ def timed(fn, n_warmup, n_repeat):
     return statistics.median(times)
 
 
+def print_profile(fn, label, steps=3):
+    """The ops and kernels that take fn's time, summed over a few calls (run after the timing: warm and compiled)."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    print(f'profile: {label}, {steps} calls')
+    print(prof.key_averages().table(sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total', row_limit=15))
+
+
 peak = trainer.peak_flops(dev)
 if cuda:
     a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
@@ -123,6 +137,8 @@ for size in sizes.split(','):
             row(what=f'train {stage}', size=size, batch=b, ms_per_step=ms, tokens_per_s=b * L / (ms / 1000),
                 tflops=flops / 1e12, **({'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak}
                                        if cuda else {}))
+            if profile:
+                print_profile(step, f'{size} {stage} training step')
         row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
             residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'])
         del model, reference, fwd, opt

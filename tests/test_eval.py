@@ -74,8 +74,9 @@ def test_stage2_with_the_targets_own_residuals(tiny_reasoning, tiny_ckpt, tmp_pa
 
 def test_bench_smoke_runs_on_cpu(tmp_path):
     out = str(tmp_path / 'bench.jsonl')
-    r = run_script('bench.py', f'--out={out}')
+    r = run_script('bench.py', f'--out={out}', '--profile=True')
     assert r.returncode == 0, r.stderr
+    assert r.stdout.count('profile: smoke stage') == 3 and 'aten::mm' in r.stdout  # each stage's step, by op
     with open(out) as f:
         rows = [json.loads(line) for line in f]
     whats = {r['what'] for r in rows}
