@@ -22,8 +22,8 @@ import torch
 import rcd
 import trainer
 from configurator import configure
-from model import (FLEX_MIN_TOKENS, BlockDiffusionLM, ModelConfig, attention, inference_mask, training_loss,
-                   training_mask)
+from model import (BlockDiffusionLM, ModelConfig, attention, inference_mask, training_loss, training_mask,
+                   uses_flex)
 from sample import generate
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ for size in sizes.split(','):
             t = {name: timed(fwd_bwd(fn, 2 * n), warmup, repeats) for name, fn in variants.items()}
             row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
                 **({'flex_over_causal': t['flex'] / t['sdpa_causal']} if cuda else {}),
-                model_uses='flex' if cuda and 2 * n >= FLEX_MIN_TOKENS else 'sdpa_dense_mask')
+                model_uses='flex' if uses_flex(2 * n, dev) else 'sdpa_dense_mask')
             # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
             # (all visible here) vs SDPA with no mask at all, the lower bound
             q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)

@@ -74,6 +74,11 @@ def dense_mask(mask_mod, q_pos, kv_pos):
 FLEX_MIN_TOKENS = 512  # 2L below this: SDPA with the dense mask (H100: faster at 2L = 192, 384; flex at 2048)
 
 
+def uses_flex(n_tokens, device):
+    """Whether the training attention over n_tokens = 2L tokens is FlexAttention (else SDPA with the dense mask)."""
+    return device.type == 'cuda' and n_tokens >= FLEX_MIN_TOKENS
+
+
 @torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
 @functools.lru_cache(maxsize=None)
 def training_mask(seq_len, block_size, device, use_flex):
@@ -220,7 +225,7 @@ class BlockDiffusionLM(nn.Module):
             raise ValueError(f'positions {start}..{start + n - 1} exceed the context: {limit} positions '
                              f'(seq_len={self.cfg.seq_len}' + (f', cache max_len={cache.max_len})' if cache else ')'))
         if x0 is not None:
-            mask = training_mask(n, self.cfg.block_size, x_t.device, x_t.is_cuda and 2 * n >= FLEX_MIN_TOKENS)
+            mask = training_mask(n, self.cfg.block_size, x_t.device, uses_flex(2 * n, x_t.device))
             pos = torch.arange(n, device=x_t.device).repeat(2)
         else:  # positions from the cache's device-side start: the same code serves a replayed CUDA graph
             pos = torch.arange(n, device=x_t.device) + (cache.start if cache is not None else 0)
