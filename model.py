@@ -71,7 +71,7 @@ def dense_mask(mask_mod, q_pos, kv_pos):
     return mask_mod(None, None, q_pos[:, None], kv_pos[None, :])
 
 
-FLEX_MIN_TOKENS = 512  # 2L below this: SDPA with the dense mask (H100: faster at 2L = 192, 384; flex at 2048)
+FLEX_MIN_TOKENS = 2048  # 2L below this: SDPA with the dense mask (H100: faster up to 2L = 768, even at 1024)
 
 
 def uses_flex(n_tokens, device):
@@ -104,8 +104,9 @@ def compiled_flex_attention():
 
 def attention(q, k, v, mask):
     """Scaled dot-product attention under a mask: a dense bool tensor (SDPA) or a flex BlockMask (FlexAttention)."""
-    if isinstance(mask, BlockMask):
-        return compiled_flex_attention()(q, k, v, block_mask=mask)
+    if isinstance(mask, BlockMask):  # inside a compiled model flex_attention is fused as it is
+        flex = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
+        return flex(q, k, v, block_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

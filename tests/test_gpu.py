@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rcd
-from model import BlockDiffusionLM, ModelConfig, loss_weights
+from model import FLEX_MIN_TOKENS, BlockDiffusionLM, ModelConfig, loss_weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
 
@@ -19,7 +19,7 @@ def model_pair(seq_len=64):
     return cfg, cpu, copy.deepcopy(cpu).cuda()
 
 
-@pytest.mark.parametrize('seq_len', [256, 48])  # 2L = 512: FlexAttention; 2L = 96: SDPA with the dense mask
+@pytest.mark.parametrize('seq_len', [FLEX_MIN_TOKENS // 2, 48])  # FlexAttention; SDPA with the dense mask
 def test_compiled_training_pass_matches_the_cpu_path(seq_len):
     cfg, cpu, gpu = model_pair(seq_len)
     x0 = torch.randint(0, 48, (4, seq_len))
