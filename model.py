@@ -71,7 +71,7 @@ def dense_mask(mask_mod, q_pos, kv_pos):
     return mask_mod(None, None, q_pos[:, None], kv_pos[None, :])
 
 
-FLEX_MIN_TOKENS = 2048  # 2L below this: SDPA with the dense mask (H100: faster up to 2L = 768, even at 1024)
+FLEX_MIN_TOKENS = 2048  # 2L below this: SDPA with the dense mask (H100: faster up to 2L = 768, level at 1024)
 
 
 def uses_flex(n_tokens, device):
