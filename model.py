@@ -1,12 +1,13 @@
 """
 A block-diffusion language model in one file (SDAR / BD3-LM family).
 
-A bidirectional transformer whose attention is block-causal: token i sees token j iff j // B <= i // B, with B the
-diffusion block size. It is a denoiser, not a next-token predictor: the output at position i predicts the clean token at
-position i. Training reads the noised sequence x_t and the clean sequence x_0 side by side (length 2L) so that one pass
-denoises every block against its clean prefix; inference denoises one block at a time against a KV cache of finished
-blocks. Attention is FlexAttention (compiled) for the training layout on CUDA (from 2L = FLEX_MIN_TOKENS up) and SDPA
-everywhere else; both take their mask from the same predicate.
+A bidirectional transformer whose attention is block-causal: token i sees token j iff
+j // B <= i // B, with B the diffusion block size. It is a denoiser, not a next-token predictor: the output at
+position i predicts the clean token at position i. Training reads the noised sequence x_t and the
+clean sequence x_0 side by side (length 2L) so that one pass denoises every block against its clean
+prefix; inference denoises one block at a time against a KV cache of finished blocks. The file
+reads: config, attention masks, the transformer, the training objective, and last the attention
+backend (FlexAttention or SDPA, both driven by the same mask predicate).
 """
 import functools
 import math
@@ -30,26 +31,28 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        small = [f'{k}={getattr(self, k)}' for k in ('vocab_size', 'seq_len', 'block_size', 'n_layer', 'n_head',
-                                                      'n_embd') if getattr(self, k) < 1]
+        sizes = ('vocab_size', 'seq_len', 'block_size', 'n_layer', 'n_head', 'n_embd')
+        small = [f'{k}={getattr(self, k)}' for k in sizes if getattr(self, k) < 1]
         if small:
             raise ValueError(f"bad model config: {', '.join(small)} must be >= 1")
-        problems = [msg for bad, msg in [
-            (self.seq_len % self.block_size, f'block_size={self.block_size} must divide seq_len={self.seq_len}'),
-            (self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2, f'n_embd={self.n_embd} must split into n_head={self.n_head} heads of even size'),
-            (not 0 <= self.mask_id < self.vocab_size, f'mask_id={self.mask_id} must be a token id below vocab_size={self.vocab_size}'),
-        ] if bad]
+        problems = []
+        if self.seq_len % self.block_size:
+            problems.append(f'block_size={self.block_size} must divide seq_len={self.seq_len}')
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            problems.append(f'n_embd={self.n_embd} must split into n_head={self.n_head} even heads')
+        if not 0 <= self.mask_id < self.vocab_size:
+            problems.append(f'mask_id={self.mask_id} must be below vocab_size={self.vocab_size}')
         if problems:
             raise ValueError('bad model config: ' + '; '.join(problems))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Attention masks. Each is one predicate (b, h, q, kv) -> bool over tensors, used by FlexAttention as a mask_mod and
-# evaluated on a grid of (query, key) positions to get SDPA's dense boolean mask. The training mask is built once
-# per shape and cached; the inference mask is rebuilt from the chunk's positions at every call.
+# --------------------------------------------------------------------------------------------------
+# Attention masks. Each is one predicate (b, h, q, kv) -> bool over tensors, used by FlexAttention
+# as a mask_mod and evaluated on a grid of (query, key) positions to get SDPA's dense boolean mask.
 
 def training_mask_mod(seq_len, block_size):
-    """SPEC §2: x_t (positions < L) sees its own noised block and the clean earlier blocks; x_0 is block-causal."""
+    """x_t (positions < L) sees its own noised block and the clean earlier blocks; x_0 is
+    block-causal."""
     L, B = seq_len, block_size
 
     def mask_mod(b, h, q, kv):
@@ -60,75 +63,41 @@ def training_mask_mod(seq_len, block_size):
 
 
 def block_causal_mask_mod(block_size):
-    """Inference: a query at absolute position q sees the keys at positions kv of the same or an earlier block."""
+    """Inference: a query at absolute position q sees the keys at positions kv of the same or an
+    earlier block."""
     def mask_mod(b, h, q, kv):
         return kv // block_size <= q // block_size
     return mask_mod
 
 
 def dense_mask(mask_mod, q_pos, kv_pos):
-    """The predicate on every (query, key) pair of positions: a (len(q_pos), len(kv_pos)) bool tensor for SDPA."""
+    """The predicate on every (query, key) pair of positions: a (len(q_pos), len(kv_pos)) bool
+    tensor for SDPA."""
     return mask_mod(None, None, q_pos[:, None], kv_pos[None, :])
 
 
-FLEX_MIN_TOKENS = 2048  # 2L below this: SDPA with the dense mask (H100: faster up to 2L = 768, level at 1024)
-
-
-def uses_flex(n_tokens, device):
-    """Whether the training attention over n_tokens = 2L tokens is FlexAttention (else SDPA with the dense mask)."""
-    return device.type == 'cuda' and n_tokens >= FLEX_MIN_TOKENS
-
-
-@torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
-@functools.lru_cache(maxsize=None)
-def training_mask(seq_len, block_size, device, use_flex):
-    """The 2L x 2L training mask: a FlexAttention BlockMask (CUDA) or a dense bool tensor (CPU)."""
-    mod, n = training_mask_mod(seq_len, block_size), 2 * seq_len
-    if use_flex:
-        return create_block_mask(mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
-    pos = torch.arange(n, device=device)
-    return dense_mask(mod, pos, pos)
-
-
-def inference_mask(q_pos, n_kv, block_size):
-    """Queries at absolute positions q_pos (n_q,) against keys at positions 0..n_kv-1. Built from the position tensor
-    on every call (a few tiny kernels), so a replayed CUDA graph follows a cache position held on the device."""
-    return dense_mask(block_causal_mask_mod(block_size), q_pos, torch.arange(n_kv, device=q_pos.device))
-
-
-@functools.cache
-def compiled_flex_attention():
-    """flex_attention is only fused when compiled; compiled on first use (importing the compiler costs seconds)."""
-    return torch.compile(flex_attention, dynamic=False)
-
-
-def attention(q, k, v, mask):
-    """Scaled dot-product attention under a mask: a dense bool tensor (SDPA) or a flex BlockMask (FlexAttention)."""
-    if isinstance(mask, BlockMask):  # inside a compiled model flex_attention is fused as it is
-        flex = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
-        return flex(q, k, v, block_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The transformer
 
 def apply_rope(x, cos, sin):
-    """Rotary position embedding on (b, h, n, d) with cos/sin of shape (n, d/2): rotate channel pairs (i, i + d/2)."""
+    """Rotary position embedding on (b, h, n, d) with cos/sin of shape (n, d/2): rotate channel
+    pairs (i, i + d/2)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class KVCache:
-    """Keys and values of the finished blocks, one preallocated (2, b, h, max_len, d) buffer per layer (zeros, made on
-    first use). Each forward writes its chunk's keys/values at positions length.. and attends to the whole buffer under
-    the block-causal mask (positions past the chunk are later blocks: masked). So every denoising step has the same
-    shapes and no copy of the cache, and a CUDA graph of one step can be replayed at any position. advance(n) keeps
-    the chunk (once per finished block); a denoising step's chunk is overwritten by the next step."""
+    """Keys and values of the finished blocks, one preallocated (2, b, h, max_len, d) buffer per
+    layer (zeros, made on first use). Each forward writes its chunk's keys/values at positions
+    length.. and attends to the whole buffer under the block-causal mask (positions past the chunk
+    are later blocks: masked). So every denoising step has the same shapes and no copy of the cache,
+    and a CUDA graph of one step can be replayed at any position. advance(n) keeps the chunk (once
+    per finished block); a denoising step's chunk is overwritten by the next step."""
 
     def __init__(self, n_layer, max_len, device):
         self.kv, self.max_len, self.length = [None] * n_layer, max_len, 0
-        self.start = torch.zeros((), dtype=torch.long, device=device)  # = length, where a replayed graph reads it
+        # length again, on the device: where a replayed CUDA graph reads it
+        self.start = torch.zeros((), dtype=torch.long, device=device)
 
     def advance(self, n):
         self.length += n
@@ -173,7 +142,7 @@ class MLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
-class Block(nn.Module):
+class TransformerLayer(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
         self.norm1, self.attn = nn.RMSNorm(cfg.n_embd), SelfAttention(cfg, layer)
@@ -188,8 +157,8 @@ class BlockDiffusionLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # E: also read by rcd.py to build soft tokens
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # E: rcd.py builds soft tokens from it
+        self.layers = nn.ModuleList(TransformerLayer(cfg, i) for i in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input/output embeddings
@@ -211,33 +180,36 @@ class BlockDiffusionLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x_t, x0=None, delta=None, cache=None, loss_weights=None):
-        """Logits (b, n, V) for the tokens x_t (b, n); with loss_weights (training), the diffusion loss instead.
-        Training (x0 given, n = L): reads x_t ⊕ x0 under the §2 mask; both halves use positions 0..L-1.
-        Inference (no x0): x_t is a chunk of whole blocks that starts where `cache` ends (at 0 without a cache);
-        it attends to the cache and, block-causally, to itself. Its keys/values are written at the cache's end and
-        stay there only if the caller then calls cache.advance(n) (the next chunk overwrites them otherwise).
-        delta (b, n, d), optional: added to x_t's input embeddings (the hook RCD injects residuals through).
-        loss_weights (b, n), optional: per-token weights of the cross-entropy against x0 (see loss_weights()); the loss
-        is computed here so that torch.compile fuses it with the output head (and DDP sees one forward)."""
+        """Logits (b, n, V) for the tokens x_t (b, n); with loss_weights (training), the diffusion
+        loss instead. Training (x0 given, n = L): reads x_t ⊕ x0 under training_mask_mod; both
+        halves use positions 0..L-1. Inference (no x0): x_t is a chunk of whole blocks that starts
+        where `cache` ends (at 0 without a cache); it attends to the cache and, block-causally, to
+        itself. Its keys/values are written at the cache's end and stay there only if the caller
+        then calls cache.advance(n) (the next chunk overwrites them otherwise). delta (b, n, d),
+        optional: added to x_t's input embeddings (the hook RCD injects residuals through).
+        loss_weights (b, n), optional: per-token weights of the cross-entropy against x0 (see
+        loss_weights()); the loss is computed here so that torch.compile fuses it with the output
+        head (and DDP sees one forward)."""
         b, n = x_t.shape
         start = cache.length if cache is not None else 0
         limit = self.cfg.seq_len if cache is None else min(self.cfg.seq_len, cache.max_len)
         if start + n > limit:
-            raise ValueError(f'positions {start}..{start + n - 1} exceed the context: {limit} positions '
-                             f'(seq_len={self.cfg.seq_len}' + (f', cache max_len={cache.max_len})' if cache else ')'))
+            raise ValueError(f'positions {start}..{start + n - 1} exceed the context of {limit} '
+                             f'positions (seq_len={self.cfg.seq_len})')
         if x0 is not None:
             mask = training_mask(n, self.cfg.block_size, x_t.device, uses_flex(2 * n, x_t.device))
             pos = torch.arange(n, device=x_t.device).repeat(2)
-        else:  # positions from the cache's device-side start: the same code serves a replayed CUDA graph
+        else:  # positions from the cache's device-side start: the code a replayed CUDA graph runs
             pos = torch.arange(n, device=x_t.device) + (cache.start if cache is not None else 0)
-            mask = inference_mask(pos, cache.max_len if cache is not None else n, self.cfg.block_size)
+            n_kv = cache.max_len if cache is not None else n
+            mask = inference_mask(pos, n_kv, self.cfg.block_size)
         h = self.wte(x_t) if delta is None else self.wte(x_t) + delta.to(self.wte.weight.dtype)
         if x0 is not None:
             h = torch.cat((h, self.wte(x0)), dim=1)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        for block in self.blocks:
-            h = block(h, pos, cos, sin, mask, cache)
-        logits = self.lm_head(self.norm(h[:, :n]))  # logits only for x_t (the x0 half only serves as context)
+        for layer in self.layers:
+            h = layer(h, pos, cos, sin, mask, cache)
+        logits = self.lm_head(self.norm(h[:, :n]))  # x_t's logits only: the x0 half is context
         return logits if loss_weights is None else diffusion_loss(logits, x0, loss_weights)
 
     def configure_optimizer(self, weight_decay, lr, betas, device_type):
@@ -248,21 +220,23 @@ class BlockDiffusionLM(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == 'cuda')
 
     def flops_per_sequence(self):
-        """Useful FLOPs of one training sequence, forward + backward (the x_t ⊕ x0 layout, counted honestly):
-        6 FLOPs per parameter per token for the 2L tokens through the transformer body, the output head on the
-        L tokens of x_t only, and 12·d FLOPs per layer for each (query, key) pair the mask allows: L·(L + B) pairs,
-        about a quarter of the (2L)² grid."""
+        """Useful FLOPs of one training sequence, forward + backward (the x_t ⊕ x0 layout, counted
+        honestly): 6 FLOPs per parameter per token for the 2L tokens through the transformer body,
+        the output head on the L tokens of x_t only, and 12·d FLOPs per layer for each (query, key)
+        pair the mask allows: L·(L + B) pairs, about a quarter of the (2L)² grid."""
         c, L = self.cfg, self.cfg.seq_len
         body = 12 * c.n_layer * c.n_embd ** 2
-        return 6 * body * 2 * L + 6 * c.vocab_size * c.n_embd * L + 12 * c.n_layer * c.n_embd * L * (L + c.block_size)
+        head = c.vocab_size * c.n_embd
+        pairs = L * (L + c.block_size)
+        return 6 * body * 2 * L + 6 * head * L + 12 * c.n_layer * c.n_embd * pairs
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The masked block-diffusion objective (SPEC §3)
+# --------------------------------------------------------------------------------------------------
+# The masked block-diffusion objective
 
 def add_noise(x0, prompt_mask, block_size, mask_id, t_min, t_max, generator):
-    """x_t: each block of each row draws a rate t in (t_min, t_max] and masks each non-prompt token with probability t.
-    Returns (x_t, masked positions, per-token rate t)."""
+    """x_t: each block of each row draws a rate t in (t_min, t_max] and masks each non-prompt token
+    with probability t. Returns (x_t, masked positions, per-token rate t)."""
     b, L = x0.shape
     u = torch.rand(b, L // block_size, device=x0.device, generator=generator)
     t = (t_max - (t_max - t_min) * u).repeat_interleave(block_size, dim=1)  # 1 - u lies in (0, 1]
@@ -271,23 +245,66 @@ def add_noise(x0, prompt_mask, block_size, mask_id, t_min, t_max, generator):
 
 
 def loss_weights(masked, t, prompt_mask, weighting):
-    """Per-token weights of the cross-entropy: masked positions only. 'elbo': each weighted by 1/t and divided by the
-    number of noisable tokens (the diffusion ELBO per token); 'mean': a plain mean over the masked positions."""
+    """Per-token weights of the cross-entropy: masked positions only. 'elbo': each weighted by 1/t
+    and divided by the number of noisable tokens (the diffusion ELBO per token); 'mean': a plain
+    mean over the masked positions."""
     if weighting == 'elbo':
         return masked / t / (~prompt_mask).sum().clamp(min=1)
     return masked / masked.sum().clamp(min=1)
 
 
 def diffusion_loss(logits, x0, weights):
-    """Σ weights · cross-entropy of the clean tokens x0 under logits (in float32: bf16 log-probabilities are coarse)."""
+    """Σ weights · cross-entropy of the clean tokens x0 under logits (in float32: bf16
+    log-probabilities are coarse)."""
     ce = F.cross_entropy(logits.float().flatten(0, 1), x0.flatten(), reduction='none').view_as(x0)
     return (ce * weights).sum()
 
 
-def training_loss(forward, cfg, x0, prompt_mask, generator, rate_min, rate_max, weighting, residual=None):
-    """One training batch: noise every block at its own rate, denoise all blocks in one pass against their clean
-    prefixes, score the masked positions (SPEC §3). forward: the model (or its compiled / DDP wrapper), cfg its
-    ModelConfig. Stage 2 passes residual(x_t, x0, masked) -> delta, the residual inputs at the masked positions (§5)."""
-    x_t, masked, t = add_noise(x0, prompt_mask, cfg.block_size, cfg.mask_id, rate_min, rate_max, generator)
-    delta = residual(x_t, x0, masked) if residual is not None else None
-    return forward(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, weighting))
+
+# --------------------------------------------------------------------------------------------------
+# The attention backend: FlexAttention (fused by torch.compile) for long training inputs on CUDA,
+# SDPA with the dense mask everywhere else. Both read the same predicate; results/PERFORMANCE.md has
+# the timings behind the switch.
+
+FLEX_MIN_TOKENS = 2048  # shorter training inputs (2L tokens) use SDPA: measured as fast or faster
+
+
+def uses_flex(n_tokens, device):
+    """Whether the training attention over n_tokens = 2L tokens is FlexAttention (else SDPA with
+    the dense mask)."""
+    return device.type == 'cuda' and n_tokens >= FLEX_MIN_TOKENS
+
+
+@torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
+@functools.lru_cache(maxsize=None)
+def training_mask(seq_len, block_size, device, use_flex):
+    """The 2L x 2L training mask: a FlexAttention BlockMask (CUDA) or a dense bool tensor (CPU)."""
+    mod, n = training_mask_mod(seq_len, block_size), 2 * seq_len
+    if use_flex:
+        return create_block_mask(mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
+    pos = torch.arange(n, device=device)
+    return dense_mask(mod, pos, pos)
+
+
+def inference_mask(q_pos, n_kv, block_size):
+    """Queries at absolute positions q_pos (n_q,) against keys at positions 0..n_kv-1. Built from
+    the position tensor on every call (a few tiny kernels), so a replayed CUDA graph follows a cache
+    position held on the device."""
+    kv_pos = torch.arange(n_kv, device=q_pos.device)
+    return dense_mask(block_causal_mask_mod(block_size), q_pos, kv_pos)
+
+
+@functools.cache
+def compiled_flex_attention():
+    """flex_attention is only fused when compiled; compiled on first use (importing the compiler
+    costs seconds)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attention(q, k, v, mask):
+    """Scaled dot-product attention under a mask: a dense bool tensor (SDPA) or a flex BlockMask
+    (FlexAttention)."""
+    if isinstance(mask, BlockMask):  # inside a compiled model flex_attention is fused as it is
+        flex = flex_attention if torch.compiler.is_compiling() else compiled_flex_attention()
+        return flex(q, k, v, block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

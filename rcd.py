@@ -1,22 +1,17 @@
 """
-Residual Context Diffusion (RCD), SPEC §4: what remasking throws away, kept as a residual for the next step.
+Residual Context Diffusion (RCD): what remasking throws away, kept as a residual for the next step.
 
 At a denoising step the model predicts a distribution p_i for every masked position i of the current block. The
-sampler commits a few of them; the rest are *remasked*. A plain block-diffusion sampler feeds [MASK] back at those
-positions, so the next step starts from nothing there. RCD feeds back what the model already computed:
+sampler commits a few of them; the rest are *remasked*. A plain sampler feeds [MASK] back at those positions, so the
+next step starts from nothing there. RCD feeds back what the model already computed (docs/method.md):
 
     soft token    r_i = Σ_v p_i(v) · E[v] = p_i E              (E: the model's own input embedding matrix)
     weight        α_i = H(p_i) / log V                         (normalized entropy: 0 = certain, 1 = uniform)
     next input    e_i = (1 − α_i) · E[MASK] + α_i · r_i         (instead of E[MASK])
 
-A remasked position reads E[MASK] as its token embedding already, so the injection is the additive change
-e_i − E[MASK] = α_i · (r_i − E[MASK]), handed to model.forward(delta=...). Committed positions and positions with no
-prediction yet (a block's first step, unless sample.py's first_step seeds one) get no change: E[token] and E[MASK].
-The state carried from step to step is this delta for the current block; it is recomputed after every step and
-dropped when the block is finished.
-
-Everything here is a pure function of tensors, used by both train_stage2.py (p from the frozen reference model) and
-sample.py (p from the model's own previous step).
+A remasked position reads E[MASK] already, so the model is handed the change e_i − E[MASK] = α_i · (r_i − E[MASK])
+(model.forward's `delta`). Committed positions, and positions with no prediction yet, get no change.
+Pure functions of tensors, used by train_stage2.py and sample.py alike.
 """
 import math
 
@@ -26,23 +21,21 @@ ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')
 
 
 def residual_probs(logits, mask_id, temperature=1.0):
-    """p_i = softmax(logits_i / T_res) over the vocabulary without [MASK] (SPEC §4: the distribution a residual is
-    built from). Returned in float32: entropies of low-precision probabilities are noisy."""
+    """p_i = softmax(logits_i / T) over the vocabulary without [MASK] (the model never predicts [MASK]).
+    Returned in float32: entropies of low-precision probabilities are noisy."""
     logits = logits.float().clone()
-    logits[..., mask_id] = float('-inf')  # the model never predicts [MASK]; it gets probability 0
+    logits[..., mask_id] = float('-inf')
     return torch.softmax(logits / temperature, dim=-1)
 
 
 def soft_tokens(probs, embedding):
-    """SPEC §4 residual projection: r_i = Σ_v p_i(v)·E[v], the probability-weighted average of the input
-    embeddings, one (V × d) matmul. probs (..., V), embedding E (V, d) -> (..., d)."""
+    """r_i = Σ_v p_i(v)·E[v]: the probability-weighted average of the input embeddings. (..., V) -> (..., d)."""
     return probs.to(embedding.dtype) @ embedding
 
 
 def residual_weight(probs, mode, constant=0.5):
-    """SPEC §4 weight α_i of the residual at each position, by `mode`:
-    'entropy'    α = H(p)/log V, V the number of tokens p can put mass on (all but [MASK]): the paper's default,
-                 an uncertain position leans more on its residual;
+    """The weight α_i of each position's residual, by `mode`:
+    'entropy'    α = H(p)/log V, V the tokens p can put mass on (all but [MASK]): the paper's choice;
     'confidence' α = max_v p(v);
     'constant'   α = constant;
     'none'       α = 0: no residual at all, exactly the plain sampler (the baseline of every ablation)."""
@@ -59,53 +52,67 @@ def residual_weight(probs, mode, constant=0.5):
 
 
 def residual_inputs(probs, embedding, mask_id, alpha):
-    """SPEC §4 injected input embedding at every position: e = (1 − α)·E[MASK] + α·r, α (...) of residual_weight.
-    (..., V) -> (..., d). The explicit form of the interpolation; residual_delta() is what the model is given."""
+    """The injected input embedding e = (1 − α)·E[MASK] + α·r at every position. (..., V) -> (..., d)."""
     alpha = alpha[..., None].to(embedding.dtype)
     return (1 - alpha) * embedding[mask_id] + alpha * soft_tokens(probs, embedding)
 
 
 def residual_delta(probs, embedding, mask_id, remasked, alpha):
-    """SPEC §4 injection as an additive change to the input embeddings: e − E[MASK] at `remasked` positions
-    (bool, the positions that stay [MASK] into the next step), 0 everywhere else. (b, n, V) -> (b, n, d)."""
+    """e − E[MASK] at the `remasked` positions (bool: they stay [MASK] into the next step), 0 elsewhere."""
     delta = residual_inputs(probs, embedding, mask_id, alpha) - embedding[mask_id]
     return delta * remasked[..., None].to(delta.dtype)
 
 
-def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, temperature=1.0):
-    """residual_delta of the distributions p = softmax(logits): what both stages and the sampler inject.
-    T_res = temperature (paper Alg. 2, inference only): α is the entropy of softmax(logits / T_res) while the soft
-    token is built from the untempered p, so T_res moves how much residual a position gets, not what it says.
-    (b, n, V) -> (b, n, d). Compiled on CUDA, its passes over the (b, n, V) probabilities fuse into a few kernels."""
+def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0, temperature=1.0):
+    """The residual (delta, (b, n, d)) of the distributions p = softmax(logits): what stage 2 and the sampler
+    inject. scale multiplies α (capped at 1): a lighter residual, as at a large vocabulary, where the same
+    uncertainty gives a smaller H(p)/log V. temperature is T_res (inference only, the paper's Alg. 2): α is read
+    from softmax(logits / T_res) while the soft token keeps the untempered p."""
     probs = residual_probs(logits, mask_id)
     tempered = probs if temperature == 1.0 else residual_probs(logits, mask_id, temperature)
-    return residual_delta(probs, embedding, mask_id, remasked, residual_weight(tempered, mode, constant))
+    alpha = (scale * residual_weight(tempered, mode, constant)).clamp(max=1.0)
+    return residual_delta(probs, embedding, mask_id, remasked, alpha)
 
 
 def dirichlet_logits(shape, mask_id, generator=None, device=None):
-    """Logits of p ~ Dirichlet(1, ..., 1) over the tokens other than [MASK] (paper Table 5's non-informative first-step
-    residual; the paper gives no concentration, 1 is the uniform distribution over the simplex). shape (..., V).
-    A Dirichlet(1) draw is a vector of Exp(1) draws normalized, so its logits are their logs."""
+    """Logits of p ~ Dirichlet(1, ..., 1) over the tokens: the non-informative first-step residual (the paper names
+    no concentration; 1 is uniform over the simplex). A Dirichlet(1) draw is Exp(1) draws normalized."""
     u = torch.rand(shape, generator=generator, device=device).clamp_min(1e-12)
     return torch.log(-torch.log(u))  # log of an Exp(1) draw; [MASK] is dropped by residual_probs
 
 
 def step_aligned(x_t, visible, mask_id, rate, generator=None):
-    """Stage 2's step-aligned reference input (not in the paper; closes the gap of SPEC §5): x_t with each `visible`
-    position (bool: unmasked, not prompt) also masked with probability `rate`. At inference a residual comes from the
-    previous step, which read the tokens that step then committed as [MASK]; this hands the reference that view."""
+    """Stage 2's step-aligned reference input (not in the paper): x_t with each `visible` position also masked with
+    probability `rate`. At decoding time a residual comes from the previous step, which had not yet seen the
+    tokens that step then committed; this hands the reference that view."""
     extra = (torch.rand(x_t.shape, generator=generator, device=x_t.device) < rate) & visible
     return torch.where(extra, mask_id, x_t)
 
 
-def reference_residual(reference, embedding, mask_id, x_t, x0, remasked, mode, constant=0.5, n_rows=None):
-    """Stage 2 (SPEC §5): the residual inputs (delta) the target reads. The frozen reference model reads x_t (or, for
-    a step-aligned reference, x_t with more positions masked) and predicts its masked positions (no gradient: no
-    backpropagation through denoising steps); the `remasked` positions get those predictions as residuals, built with
-    the target's own `embedding`. Only the first n_rows rows (all by default) get residuals, so only they go through
-    the reference; the other rows get delta 0 (plain [MASK]). (b, L) -> (b, L, d)."""
-    n = x_t.shape[0] if n_rows is None else n_rows
-    with torch.no_grad():
-        logits = reference(x_t[:n], x0[:n])
-    delta = logits_residual(logits, embedding, mask_id, remasked[:n], mode, constant)
-    return torch.cat((delta, delta.new_zeros(x_t.shape[0] - n, *delta.shape[1:])))
+@torch.no_grad()
+def rollout(model, x0, prompt_mask, n_steps, threshold, residual):
+    """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). Every block starts
+    all [MASK] (prompts kept) and row r takes n_steps[r] no-grad denoising steps of `model`, each fed the previous
+    step's residual: commit the masked positions whose top probability reaches threshold[r] (at least the most
+    confident one of each block) with their true tokens, and keep the rest's predictions for the next step.
+    residual(logits, remasked) -> delta builds a residual. Returns (x_t, masked, t, logits, remasked): the state
+    the next step reads, its masked positions, each block's masked fraction, and what its residual is built from."""
+    b, L = x0.shape
+    B, mask_id = model.cfg.block_size, model.cfg.mask_id
+    x_t = torch.where(prompt_mask, x0, mask_id)
+    logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
+    remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
+    for step in range(int(n_steps.max())):
+        masked = x_t == mask_id
+        new_logits = model(x_t, x0, residual(logits, remasked)).float()
+        conf = residual_probs(new_logits, mask_id).amax(-1).masked_fill(~masked, -1.0).view(b, L // B, B)
+        commit = (conf >= threshold[:, None, None]) | (conf == conf.amax(-1, keepdim=True))
+        moving = (step < n_steps)[:, None]
+        commit = commit.view(b, L) & masked & moving
+        x_t = torch.where(commit, x0, x_t)
+        logits = torch.where(moving[..., None], new_logits, logits)
+        remasked = torch.where(moving, masked & ~commit, remasked)
+    masked = x_t == mask_id
+    noisable = (~prompt_mask).view(b, L // B, B).sum(-1).clamp(min=1)
+    t = (masked.view(b, L // B, B).sum(-1) / noisable).clamp(min=1 / B).repeat_interleave(B, dim=1)
+    return x_t, masked, t, logits, remasked

@@ -1,22 +1,28 @@
 """
-Stage 1: train the ordinary block-diffusion model (SPEC §3). Its checkpoint is stage 2's frozen reference model.
+Stage 1: train the ordinary block-diffusion model. Its checkpoint is stage 2's frozen reference model.
 
-    python train_stage1.py                                # one GPU: the embedded reasoning dataset
-    python train_stage1.py config/quick_cpu.py            # 2 CPU cores, a few minutes
+    python train_stage1.py                                # the 4x4 Sudoku quick start: minutes on a CPU
+    python train_stage1.py config/sudoku_gpu.py           # 9x9 Sudoku on one GPU
     python train_stage1.py config/shakespeare_char.py --max_iters=2000
     python train_stage1.py --init_from=resume             # continue out_dir/ckpt.pt exactly
+
+Reads top to bottom: config, device, data, model and optimizer, then the training loop.
 """
+import math
 import os
 import sys
+import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-import trainer
+import common
+from checkpoint import build_model, load_checkpoint, save_checkpoint
 from configurator import configure
-from model import training_loss
+from model import add_noise, loss_weights
 
-# -----------------------------------------------------------------------------------------------------------------
-# config: defaults train the reasoning dataset on one GPU; override with config/*.py files and --key=value flags
+# ------------------------------------------------------------------------------------------------------------------
+# config: override with config/*.py files and --key=value flags
 out_dir = 'out/stage1'
 init_from = 'scratch'        # 'scratch', or 'resume' from out_dir/ckpt.pt
 dataset = 'reasoning'        # data/<dataset>/; prepared on first use where its prepare.py needs no arguments
@@ -25,10 +31,10 @@ n_layer = 6
 n_head = 6
 n_embd = 384
 dropout = 0.0
-seq_len = 96                 # L, the context; for row datasets (reasoning) it must equal the rows' length
+seq_len = 96                 # L, the context; for row datasets it must equal the rows' length
 block_size = 8               # B, the diffusion block; must divide seq_len
 # noise and loss
-mask_rate_min = 0.0          # each block's masking rate t is drawn uniformly from (mask_rate_min, mask_rate_max]
+mask_rate_min = 0.0          # each block's masking rate t is uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
 loss_weighting = 'elbo'      # 'elbo' (1/t-weighted, per token) or 'mean' (mean over masked positions)
 # optimization
@@ -54,38 +60,122 @@ device = 'auto'              # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'               # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bfloat16', 'float32'
 compile = True               # torch.compile the model on CUDA (FlexAttention is fused only when compiled)
 seed = 1337
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+config_keys = [k for k, v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 configure(globals(), config_keys, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}
-# -----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------------
 
 if init_from not in ('scratch', 'resume'):
-    trainer.fail(f"init_from='{init_from}' must be 'scratch' or 'resume'")
-trainer.check_config(config)
-
+    common.fail(f"init_from='{init_from}' must be 'scratch' or 'resume'")
+common.check_train_config(config)
 torch.manual_seed(seed)
-device, autocast = trainer.setup_device(device, dtype)
-meta = trainer.load_dataset(dataset)
-batches = trainer.Batches(meta, seq_len, batch_size, device)
+device, autocast = common.setup_device(device, dtype)
+rank, n_proc = common.world()
+common.check_grad_accum(grad_accum_steps, n_proc)
+meta = common.load_dataset(dataset)
+batches = common.Batches(meta, seq_len, batch_size, device)
+
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'resume':
-    ckpt = trainer.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    ckpt = load_checkpoint(ckpt_path)
     if ckpt['meta']['vocab_size'] != meta['vocab_size']:
-        trainer.fail(f"{out_dir}/ckpt.pt was trained on another vocabulary than dataset '{dataset}'")
-    print(f"resuming {out_dir}/ckpt.pt at iteration {ckpt['iter_num']}")
+        common.fail(f"{ckpt_path} was trained on another vocabulary than dataset '{dataset}'")
+    print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
 else:
-    model_args = dict(vocab_size=meta['vocab_size'], mask_id=meta['mask_id'], seq_len=seq_len, block_size=block_size,
-                      n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
+    if os.path.isfile(ckpt_path) and not eval_only:
+        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with --init_from=resume, '
+                    f'or train into a fresh --out_dir')
+    model_args = dict(vocab_size=meta['vocab_size'], mask_id=meta['mask_id'], seq_len=seq_len,
+                      block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
     ckpt = dict(model_args=model_args, model=None)
-model = trainer.build_model(ckpt['model_args'], ckpt['model']).to(device)
+model = build_model(ckpt['model_args'], ckpt['model']).to(device)
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
 if init_from == 'resume':
     optimizer.load_state_dict(ckpt['optimizer'])
 ckpt.update(config=config, meta=meta)
+compiled = torch.compile(model) if compile and device.type == 'cuda' else model
+forward = compiled
+if n_proc > 1:
+    forward = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
 
 
-def loss_fn(forward, x0, prompt_mask, generator):
-    """SPEC §3: noise every block at its own rate, denoise all blocks in one pass against their clean prefixes."""
-    return training_loss(forward, model.cfg, x0, prompt_mask, generator, mask_rate_min, mask_rate_max, loss_weighting)
+def batch_loss(forward, split, batch_seed):
+    """Noise every block at its own rate, denoise all blocks in one pass against their clean prefixes, and score
+    the masked positions."""
+    x0, prompt_mask, gen = batches.get(split, batch_seed)
+    x_t, masked, t = add_noise(x0, prompt_mask, block_size, meta['mask_id'], mask_rate_min, mask_rate_max, gen)
+    return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
 
 
-trainer.train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast)
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters fixed batches of each split (the same at every eval: comparable)."""
+    model.eval()
+    out = {}
+    for split in ('train', 'val'):
+        total = torch.zeros((), device=device)
+        for k in range(rank, eval_iters, n_proc):
+            with autocast:
+                total += batch_loss(compiled, split, common.EVAL_SEED + k)
+        out[split] = common.sum_over_ranks(total).item() / eval_iters
+    model.train()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the training loop
+iter_num = start = ckpt.get('iter_num', 0)
+best_val_loss = ckpt.get('best_val_loss', float('inf'))
+log = common.RunLog(out_dir, start, max_iters, rank)
+tokens_per_iter = batch_size * grad_accum_steps * seq_len
+flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
+peak = common.peak_flops(device)
+log.say(common.run_summary(model, tokens_per_iter, device, n_proc, peak))
+t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+while True:
+    lr = common.lr_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        losses = estimate_loss()
+        common.check_finite(losses, iter_num)
+        log.say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        log.write(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
+        if eval_only:
+            break
+        if iter_num > start and (losses['val'] < best_val_loss or always_save_checkpoint):
+            best_val_loss = min(best_val_loss, losses['val'])
+            if rank == 0:
+                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
+                            best_val_loss=best_val_loss)
+                save_checkpoint(ckpt, ckpt_path)
+                log.say(f'saved {ckpt_path}')
+        t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+    if iter_num >= max_iters:
+        break
+    my_micros = range(rank, grad_accum_steps, n_proc)  # this rank's share of the micro-batches
+    for micro in my_micros:
+        if n_proc > 1:  # all-reduce the gradients once, after the last micro-batch
+            forward.require_backward_grad_sync = micro == my_micros[-1]
+        with autocast:
+            loss = batch_loss(forward, 'train', common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps))
+            loss = loss / (grad_accum_steps // n_proc)
+        loss.backward()
+        loss_sum += loss.detach() / n_proc
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    log.tick()
+    if iter_num % log_interval == 0:
+        lossf = common.sum_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
+        common.check_finite(dict(train=lossf), iter_num)
+        dt = (time.perf_counter() - t_last) / (iter_num - it_last)
+        mfu = flops_per_iter / dt / (peak * n_proc) if peak else None
+        log.step(iter_num, common.step_line(lossf, tokens_per_iter / dt, mfu, lr),
+                 dict(loss=lossf, lr=lr, ms_per_iter=1000 * dt, tokens_per_s=tokens_per_iter / dt, mfu=mfu))
+        t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+log.close()
+common.leave(forward, n_proc)

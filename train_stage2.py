@@ -1,45 +1,54 @@
 """
-Stage 2: convert a stage-1 model into an RCD model (SPEC §5).
+Stage 2: convert a stage-1 model into an RCD model.
 
-The *reference* model (a stage-1 checkpoint, frozen: eval mode, no gradients, may be smaller than the target) plays the
-part of "the previous denoising step": for each batch it reads the noised x_t and predicts every masked position. Those
-predictions become residual inputs (rcd.py) and the *target* model (initialised from a stage-1 checkpoint) learns to
-denoise x_t with them, with the ordinary masked-diffusion loss of stage 1. The residuals come from a frozen model, so
-no gradient flows through a chain of denoising steps: no backpropagation through time, one extra forward pass.
+The *reference* model (a stage-1 checkpoint, frozen: eval mode, no gradients, may be smaller than the target) plays
+the part of "the previous denoising step": for each batch it reads the noised x_t and predicts every masked
+position. Those predictions become residual inputs (rcd.py), and the *target* model (initialised from a stage-1
+checkpoint) learns to denoise x_t with them, with stage 1's masked-diffusion loss. The residuals come from a frozen
+model, so no gradient flows through a chain of denoising steps: one extra forward pass, no backpropagation through
+time. With rollout_steps > 0 the states and residuals come instead from a short no-grad rollout of the target itself
+under the threshold commit rule, as decoding makes them (rcd.rollout).
 
     python train_stage2.py                                 # from out/stage1/ckpt.pt (reference = target init)
     python train_stage2.py config/quick_cpu_stage2.py      # after the CPU quick start
     python train_stage2.py --init_from=resume              # continue out_dir/ckpt.pt exactly
+
+Reads top to bottom: config, device, data, models and optimizer, one RCD training step, then the training loop.
 """
 import os
 import sys
+import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+import common
 import rcd
-import trainer
+from checkpoint import build_model, check_compatible, load_checkpoint, save_checkpoint
 from configurator import configure
-from model import training_loss
+from model import add_noise, loss_weights
 
-# -----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------------
 # config: the target's architecture comes from its stage-1 checkpoint; override with config/*.py and --key=value
 out_dir = 'out/stage2'
-init_from = 'out/stage1/ckpt.pt'       # a stage-1 checkpoint to start the target from, or 'resume' (out_dir/ckpt.pt)
-reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model that produces the residuals, or 'self': the target's
-                                       # own current predictions (no gradient through them; an ablation)
+init_from = 'out/stage1/ckpt.pt'       # a stage-1 checkpoint to start the target from, or 'resume'
+reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model that produces the residuals, or 'self': the
+                                       # target's own current predictions (no gradient through them)
 dataset = 'reasoning'
-# residuals (SPEC §4)
+# residuals
 alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant', 'none' (no residual: continued stage 1)
 alpha_constant = 0.5         # α for alpha_mode='constant'
-residual_fraction = 0.5      # share of rows trained with residuals; the others see plain [MASK], as a block's cold
-                             # first step does (measured, SPEC §8: the paper's 1.0 lost 19 of Sudoku's points at 1 token
-                             # per step against 0.5, and 16 at 16 tokens per step)
+alpha_scale = 1.0            # α is multiplied by this (capped at 1): < 1 is a lighter residual
+residual_fraction = 0.5      # share of rows trained with residuals; the others see plain [MASK], as a block's
+                             # first step does (the paper: 1.0; measured worse here, see README)
 reference_extra_mask = 0.0   # step-aligned reference: it reads x_t with each visible token also masked with this
                              # probability, as the previous denoising step did (0 = the paper: the same x_t)
+rollout_steps = 0            # > 0: the residual rows take their states and residuals from 0..rollout_steps no-grad
+                             # threshold-decoding steps of the target itself (thresholds 0.9 to 0.9999)
 # noise and loss (as stage 1)
-mask_rate_min = 0.0
+mask_rate_min = 0.0          # each block's masking rate t is uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
-loss_weighting = 'elbo'
+loss_weighting = 'elbo'      # 'elbo' (1/t-weighted, per token) or 'mean' (mean over masked positions)
 # optimization
 batch_size = 256
 grad_accum_steps = 1
@@ -57,64 +66,166 @@ eval_interval = 250
 eval_iters = 20
 log_interval = 50
 always_save_checkpoint = False
-eval_only = False            # measure train/val loss at the initial weights and exit (no training, no checkpoint)
+eval_only = False            # measure train/val loss at the initial weights and exit
 # system
-device = 'auto'
-dtype = 'auto'
-compile = True
+device = 'auto'              # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...
+dtype = 'auto'               # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bfloat16', 'float32'
+compile = True               # torch.compile the model on CUDA (FlexAttention is fused only when compiled)
 seed = 1337
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+config_keys = [k for k, v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 configure(globals(), config_keys, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}
-# -----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------------
 
-trainer.check_config(config)
+common.check_train_config(config)
 if alpha_mode not in rcd.ALPHA_MODES:
-    trainer.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(rcd.ALPHA_MODES)}")
+    common.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(rcd.ALPHA_MODES)}")
 if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= reference_extra_mask < 1.0):
-    trainer.fail('need 0 <= residual_fraction <= 1 and 0 <= reference_extra_mask < 1')
-
+    common.fail('need 0 <= residual_fraction <= 1 and 0 <= reference_extra_mask < 1')
+if rollout_steps < 0 or alpha_scale < 0:
+    common.fail(f'need rollout_steps >= 0 and alpha_scale >= 0 (got {rollout_steps}, {alpha_scale})')
 torch.manual_seed(seed)
-device, autocast = trainer.setup_device(device, dtype)
-meta = trainer.load_dataset(dataset)
+device, autocast = common.setup_device(device, dtype)
+rank, n_proc = common.world()
+common.check_grad_accum(grad_accum_steps, n_proc)
+meta = common.load_dataset(dataset)
+
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'resume':
-    ckpt = trainer.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-    print(f"resuming {out_dir}/ckpt.pt at iteration {ckpt['iter_num']}")
+    ckpt = load_checkpoint(ckpt_path)
+    print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
 else:
-    stage1 = trainer.load_checkpoint(init_from)
-    ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # weights only: a fresh optimizer and count
+    if os.path.isfile(ckpt_path) and not eval_only:
+        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with --init_from=resume, '
+                    f'or train into a fresh --out_dir')
+    stage1 = load_checkpoint(init_from)
+    ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # weights only: a fresh optimizer
 if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
-    trainer.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
-model = trainer.build_model(ckpt['model_args'], ckpt['model']).to(device)
-if reference_ckpt == 'self':
+    common.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
+model = build_model(ckpt['model_args'], ckpt['model']).to(device)
+if reference_ckpt == 'self' or rollout_steps > 0:
     reference = model
 else:
-    ref_ckpt = trainer.load_checkpoint(reference_ckpt)
-    trainer.check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
-                             keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
-    reference = trainer.build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval().requires_grad_(False)
+    ref_ckpt = load_checkpoint(reference_ckpt)
+    check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
+                     keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
+    reference = build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval().requires_grad_(False)
     print(f'reference model: {reference.num_params() / 1e6:.2f}M parameters, frozen')
-residual_fn = torch.compile(rcd.reference_residual) if compile and device.type == 'cuda' else rcd.reference_residual
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
 if init_from == 'resume':
     optimizer.load_state_dict(ckpt['optimizer'])
 ckpt.update(config=config, meta=meta)
-batches = trainer.Batches(meta, model.cfg.seq_len, batch_size, device)
+batches = common.Batches(meta, model.cfg.seq_len, batch_size, device)
+on_cuda = compile and device.type == 'cuda'
+compiled = torch.compile(model) if on_cuda else model
+forward = compiled
+if n_proc > 1:
+    forward = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
+reference_forward = compiled if reference is model else torch.compile(reference) if on_cuda else reference
+logits_residual = torch.compile(rcd.logits_residual) if on_cuda else rcd.logits_residual
+mask_id, block_size = model.cfg.mask_id, model.cfg.block_size
 
 
-def loss_fn(forward, x0, prompt_mask, generator):
-    """SPEC §5: the reference's predictions on x_t become residual inputs; the target denoises x_t with them. The
-    first round(residual_fraction · batch) rows train with residuals (rows are drawn at random: a random subset), and
-    only they go through the reference."""
-    n_rows = round(residual_fraction * x0.shape[0])
+def residual_of(logits, remasked):
+    """The residual the target reads at the `remasked` positions, built with the target's own embedding."""
+    return logits_residual(logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant, alpha_scale)
 
-    def residual(x_t, x0, masked):
+
+def batch_loss(forward, split, batch_seed):
+    """One RCD training step's loss. The first n rows (a random subset: rows are drawn at random) read residuals;
+    the others read plain [MASK], as a block's first step does."""
+    x0, prompt_mask, gen = batches.get(split, batch_seed)
+    x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max, gen)
+    n = round(residual_fraction * len(x0)) if alpha_mode != 'none' else 0
+    if n == 0:  # no residual rows: no reference pass
+        return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
+    if rollout_steps > 0:  # decoding's own states and residuals, recurrence included
+        steps = torch.randint(0, rollout_steps + 1, (n,), device=device, generator=gen)
+        threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=gen))
+        x_t[:n], masked[:n], t[:n], logits, remasked = rcd.rollout(compiled, x0[:n], prompt_mask[:n], steps,
+                                                                   threshold, residual_of)
+    else:  # the reference reads the same x_t (or a step-aligned one) and predicts its masked positions
+        x_ref = x_t[:n]
         if reference_extra_mask > 0:
-            x_t = rcd.step_aligned(x_t, ~masked & ~prompt_mask, model.cfg.mask_id, reference_extra_mask, generator)
-        return residual_fn(reference, model.wte.weight, model.cfg.mask_id, x_t, x0, masked, alpha_mode,
-                           alpha_constant, n_rows)
-    return training_loss(forward, model.cfg, x0, prompt_mask, generator, mask_rate_min, mask_rate_max,
-                         loss_weighting, residual if alpha_mode != 'none' and n_rows > 0 else None)  # no reference pass
+            visible = ~masked[:n] & ~prompt_mask[:n]
+            x_ref = rcd.step_aligned(x_ref, visible, mask_id, reference_extra_mask, gen)
+        with torch.no_grad():  # no backpropagation through denoising steps
+            logits = reference_forward(x_ref, x0[:n])
+        remasked = masked[:n]
+    delta = residual_of(logits, remasked)  # the gradient reaches the embedding E through the soft tokens p·E
+    delta = torch.cat((delta, delta.new_zeros(len(x0) - n, *delta.shape[1:])))
+    return forward(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
 
 
-trainer.train(config, model, optimizer, loss_fn, batches, ckpt, device, autocast)
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters fixed batches of each split (the same at every eval: comparable)."""
+    model.eval()
+    out = {}
+    for split in ('train', 'val'):
+        total = torch.zeros((), device=device)
+        for k in range(rank, eval_iters, n_proc):
+            with autocast:
+                total += batch_loss(compiled, split, common.EVAL_SEED + k)
+        out[split] = common.sum_over_ranks(total).item() / eval_iters
+    model.train()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the training loop
+iter_num = start = ckpt.get('iter_num', 0)
+best_val_loss = ckpt.get('best_val_loss', float('inf'))
+log = common.RunLog(out_dir, start, max_iters, rank)
+tokens_per_iter = batch_size * grad_accum_steps * model.cfg.seq_len
+flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
+peak = common.peak_flops(device)
+log.say(common.run_summary(model, tokens_per_iter, device, n_proc, peak))
+t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+while True:
+    lr = common.lr_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    if iter_num % eval_interval == 0 or iter_num == max_iters:
+        losses = estimate_loss()
+        common.check_finite(losses, iter_num)
+        log.say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        log.write(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
+        if eval_only:
+            break
+        if iter_num > start and (losses['val'] < best_val_loss or always_save_checkpoint):
+            best_val_loss = min(best_val_loss, losses['val'])
+            if rank == 0:
+                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
+                            best_val_loss=best_val_loss)
+                save_checkpoint(ckpt, ckpt_path)
+                log.say(f'saved {ckpt_path}')
+        t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+    if iter_num >= max_iters:
+        break
+    my_micros = range(rank, grad_accum_steps, n_proc)  # this rank's share of the micro-batches
+    for micro in my_micros:
+        if n_proc > 1:  # all-reduce the gradients once, after the last micro-batch
+            forward.require_backward_grad_sync = micro == my_micros[-1]
+        with autocast:
+            loss = batch_loss(forward, 'train', common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps))
+            loss = loss / (grad_accum_steps // n_proc)
+        loss.backward()
+        loss_sum += loss.detach() / n_proc
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    log.tick()
+    if iter_num % log_interval == 0:
+        lossf = common.sum_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
+        common.check_finite(dict(train=lossf), iter_num)
+        dt = (time.perf_counter() - t_last) / (iter_num - it_last)
+        mfu = flops_per_iter / dt / (peak * n_proc) if peak else None
+        log.step(iter_num, common.step_line(lossf, tokens_per_iter / dt, mfu, lr),
+                 dict(loss=lossf, lr=lr, ms_per_iter=1000 * dt, tokens_per_s=tokens_per_iter / dt, mfu=mfu))
+        t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+log.close()
+common.leave(forward, n_proc)
