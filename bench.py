@@ -19,12 +19,12 @@ import time
 
 import torch
 
+import common
 import rcd
-import trainer
 from configurator import configure
-from model import (BlockDiffusionLM, ModelConfig, attention, inference_mask, training_loss, training_mask,
-                   uses_flex)
-from sample import generate
+from model import (BlockDiffusionLM, ModelConfig, add_noise, attention, inference_mask, loss_weights,
+                   training_mask, uses_flex)
+from sample import Decoding, generate
 
 # -----------------------------------------------------------------------------------------------------------------
 sizes = 'gpt2,tiny'              # which model sizes (SIZES below), comma-separated
@@ -49,7 +49,12 @@ SIZES = {
     'smoke': dict(model=dict(vocab_size=19, mask_id=18, seq_len=64, block_size=8, n_layer=2, n_head=2, n_embd=32),
                   train_batch=4, attn={64: 2}, sample_batches=(1, 4), blocks=2),  # CPU
 }
-dev, autocast = trainer.setup_device(device, 'auto')
+unknown = [name for name in sizes.split(',') if name not in SIZES] + \
+    [name for name in sections.split(',') if name not in ('train', 'attention', 'sample')]
+if unknown:
+    common.fail(f"unknown size or section: {', '.join(unknown)} (sizes: {', '.join(SIZES)}; "
+                f"sections: train, attention, sample)")
+dev, autocast = common.setup_device(device, 'auto')
 cuda = dev.type == 'cuda'
 if not cuda:
     sizes, warmup, repeats = 'smoke', 1, 2
@@ -94,7 +99,7 @@ def print_profile(fn, label, steps=3):
     print(prof.key_averages().table(sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total', row_limit=15))
 
 
-peak = trainer.peak_flops(dev)
+peak, measured_peak = common.peak_flops(dev), None
 if cuda:
     a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     ms = timed(lambda: a @ a, 5, 20)
@@ -103,105 +108,119 @@ if cuda:
         matmul_8192_tflops=measured_peak / 1e12)
     del a
 
-for size in sizes.split(','):
-    torch._dynamo.reset()  # each size compiled afresh: a recompile for a new shape goes dynamic (and broke in 2.11)
-    spec = SIZES[size]
-    cfg = ModelConfig(**spec['model'])
+def bench_train(size, spec, cfg):
+    """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row, half the rows)."""
     L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
+    torch.manual_seed(0)
+    model = BlockDiffusionLM(cfg).to(dev)
+    reference = BlockDiffusionLM(cfg).to(dev).eval().requires_grad_(False)
+    fwd = torch.compile(model) if compile and cuda else model
+    opt = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), dev.type)
+    b = spec['train_batch']
+    x0 = torch.randint(0, V - 2, (b, L), device=dev)
+    prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
+    gen = torch.Generator(dev).manual_seed(0)
+    residual_fn = torch.compile(rcd.logits_residual) if compile and cuda else rcd.logits_residual
+    ref_fwd = torch.compile(reference) if compile and cuda else reference
+    step_ms = {}
+    for stage, n in (('stage1', 0), ('stage2', b), ('stage2 half', b // 2)):  # half: residual_fraction=0.5
+        def step():  # as train_stage2.py's batch_loss with the reference reading the same x_t
+            with autocast:
+                x_t, masked, t = add_noise(x0, prompt_mask, B, cfg.mask_id, 0.0, 1.0, gen)
+                delta = None
+                if n:
+                    with torch.no_grad():
+                        logits = ref_fwd(x_t[:n], x0[:n])
+                    delta = residual_fn(logits, model.wte.weight, cfg.mask_id, masked[:n], 'entropy')
+                    delta = torch.cat((delta, delta.new_zeros(b - n, *delta.shape[1:])))
+                loss = fwd(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, 'elbo'))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        ms = step_ms[stage] = timed(step, warmup, repeats)
+        flops = model.flops_per_sequence() * b / (ms / 1000)
+        row(what=f'train {stage}', size=size, batch=b, ms_per_step=ms, tokens_per_s=b * L / (ms / 1000),
+            tflops=flops / 1e12, **({'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak}
+                                   if cuda else {}))
+        if profile:
+            print_profile(step, f'{size} {stage} training step')
+    row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
+        residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'])
+    del model, reference, fwd, ref_fwd, opt
+    if cuda:
+        torch.cuda.empty_cache()
 
-    if 'train' in sections:
-        torch.manual_seed(0)
-        model = BlockDiffusionLM(cfg).to(dev)
-        reference = BlockDiffusionLM(cfg).to(dev).eval().requires_grad_(False)
-        fwd = torch.compile(model) if compile and cuda else model
-        opt = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), dev.type)
-        b = spec['train_batch']
-        x0 = torch.randint(0, V - 2, (b, L), device=dev)
-        prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
-        gen = torch.Generator(dev).manual_seed(0)
-        residual_fn = torch.compile(rcd.reference_residual) if compile and cuda else rcd.reference_residual
-        step_ms = {}
-        for stage, n_rows in (('stage1', 0), ('stage2', b), ('stage2 half', b // 2)):  # half: residual_fraction=0.5
-            def residual(x_t, x0, masked):  # as train_stage2.py
-                return residual_fn(reference, model.wte.weight, cfg.mask_id, x_t, x0, masked, 'entropy', 0.5, n_rows)
 
-            def step():
-                with autocast:
-                    loss = training_loss(fwd, cfg, x0, prompt_mask, gen, 0.0, 1.0, 'elbo', residual if n_rows else None)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            ms = step_ms[stage] = timed(step, warmup, repeats)
-            flops = model.flops_per_sequence() * b / (ms / 1000)
-            row(what=f'train {stage}', size=size, batch=b, ms_per_step=ms, tokens_per_s=b * L / (ms / 1000),
-                tflops=flops / 1e12, **({'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak}
-                                       if cuda else {}))
-            if profile:
-                print_profile(step, f'{size} {stage} training step')
-        row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
-            residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'])
-        del model, reference, fwd, opt
-        if cuda:
-            torch.cuda.empty_cache()
+def bench_attention(size, spec, cfg):
+    """Training attention (2L) fwd+bwd: FlexAttention, SDPA with the dense mask, causal SDPA;
+    and the sampler's attention of one block against the cache."""
+    L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    for n, b in spec['attn'].items():
+        def fwd_bwd(attend, length):  # forward only on CPU, where FlexAttention has no backward
+            q, k, v = (torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16, requires_grad=cuda)
+                       for _ in range(3))
+            grad = torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16)
+            return lambda: attend(q, k, v).backward(grad) if cuda else attend(q, k, v)
+        dense = training_mask(n, B, dev, False)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        block_mask = training_mask(n, B, dev, True)
+        variants = {'flex': lambda q, k, v: attention(q, k, v, block_mask)} if cuda else {}
+        variants.update(sdpa_dense_mask=lambda q, k, v: sdpa(q, k, v, attn_mask=dense),
+                        sdpa_causal=lambda q, k, v: sdpa(q, k, v, is_causal=True))
+        t = {name: timed(fwd_bwd(fn, 2 * n), warmup, repeats) for name, fn in variants.items()}
+        row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
+            **({'flex_over_causal': t['flex'] / t['sdpa_causal']} if cuda else {}),
+            model_uses='flex' if uses_flex(2 * n, dev) else 'sdpa_dense_mask')
+        # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
+        # (all visible here) vs SDPA with no mask at all, the lower bound
+        q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)
+        k, v = (torch.randn(64, H, n, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
+        t_sdpa = timed(lambda: sdpa(q, k, v), warmup, repeats)
+        t_mask = timed(lambda: sdpa(q, k, v, attn_mask=inference_mask(n - B + torch.arange(B, device=dev), n, B)),
+                       warmup, repeats)
+        row(what='attention inference fwd (block vs cache)', size=size, L=n, batch=64, sdpa_no_mask_ms=t_sdpa,
+            sampler_ms=t_mask)
 
-    if 'attention' in sections:
-        H, D = cfg.n_head, cfg.n_embd // cfg.n_head
-        for n, b in spec['attn'].items():
-            def fwd_bwd(attend, length):  # forward only on CPU, where FlexAttention has no backward
-                q, k, v = (torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16, requires_grad=cuda)
-                           for _ in range(3))
-                grad = torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16)
-                return lambda: attend(q, k, v).backward(grad) if cuda else attend(q, k, v)
-            dense = training_mask(n, B, dev, False)
-            sdpa = torch.nn.functional.scaled_dot_product_attention
-            block_mask = training_mask(n, B, dev, True)
-            variants = {'flex': lambda q, k, v: attention(q, k, v, block_mask)} if cuda else {}
-            variants.update(sdpa_dense_mask=lambda q, k, v: sdpa(q, k, v, attn_mask=dense),
-                            sdpa_causal=lambda q, k, v: sdpa(q, k, v, is_causal=True))
-            t = {name: timed(fwd_bwd(fn, 2 * n), warmup, repeats) for name, fn in variants.items()}
-            row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
-                **({'flex_over_causal': t['flex'] / t['sdpa_causal']} if cuda else {}),
-                model_uses='flex' if uses_flex(2 * n, dev) else 'sdpa_dense_mask')
-            # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
-            # (all visible here) vs SDPA with no mask at all, the lower bound
-            q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)
-            k, v = (torch.randn(64, H, n, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
-            t_sdpa = timed(lambda: sdpa(q, k, v), warmup, repeats)
-            t_mask = timed(lambda: sdpa(q, k, v, attn_mask=inference_mask(n - B + torch.arange(B, device=dev), n, B)),
-                           warmup, repeats)
-            row(what='attention inference fwd (block vs cache)', size=size, L=n, batch=64, sdpa_no_mask_ms=t_sdpa,
-                sampler_ms=t_mask)
 
-    if 'sample' in sections:
-        torch.manual_seed(0)
-        model = BlockDiffusionLM(cfg).to(dev).eval()
-        for b in spec['sample_batches']:
-            prompt = torch.randint(0, V - 2, (b, B), device=dev)  # one block of prompt, then `blocks` new blocks
-            new = spec['blocks'] * B
-            t_ms, per_pass = {}, {}
-            caches = ('graph', 'eager', 'none') if cuda else ('eager', 'none')  # graph: the sampler's CUDA default
-            for cache in caches:
-                for k in (1, 2, 4, 8):
-                    for method in ('baseline', 'rcd'):
-                        def run():
-                            with autocast:
-                                return generate(model, prompt, new, tokens_per_step=k, use_cache=cache != 'none',
-                                                cuda_graph=cache == 'graph',
-                                                alpha_mode='entropy' if method == 'rcd' else None)
-                        passes = int(run()[1][0])  # also the warm-up
-                        ms = t_ms[method, cache, k] = timed(run, 0, max(3, repeats // 5))
-                        per_pass[method, cache, k] = ms / passes
-                        row(what='sample', size=size, batch=b, method=method, kv_cache=cache, tokens_per_step=k,
-                            forward_passes=passes, ms=ms, tokens_per_s=b * new / (ms / 1000),
-                            ms_per_pass=ms / passes)
+def bench_sample(size, spec, cfg):
+    """Sampling time and forward passes, baseline vs RCD, with the cache (graph, eager) and without."""
+    L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
+    torch.manual_seed(0)
+    model = BlockDiffusionLM(cfg).to(dev).eval()
+    for b in spec['sample_batches']:
+        prompt = torch.randint(0, V - 2, (b, B), device=dev)  # one block of prompt, then `blocks` new blocks
+        new = spec['blocks'] * B
+        t_ms, per_pass = {}, {}
+        caches = ('graph', 'eager', 'none') if cuda else ('eager', 'none')  # graph: the sampler's CUDA default
+        for cache in caches:
             for k in (1, 2, 4, 8):
-                row(what='sample summary', size=size, batch=b, tokens_per_step=k,
-                    rcd_overhead_per_pass=per_pass['rcd', caches[0], k] / per_pass['baseline', caches[0], k] - 1,
-                    kv_cache_speedup=t_ms['baseline', 'none', k] / t_ms['baseline', caches[0], k],
-                    **({'graph_over_eager_speedup': t_ms['baseline', 'eager', k] / t_ms['baseline', 'graph', k]}
-                       if cuda else {}))
-        del model
+                for method in ('baseline', 'rcd'):
+                    def run():
+                        with autocast:
+                            dec = Decoding(tokens_per_step=k, use_rcd=method == 'rcd')
+                            return generate(model, prompt, new, dec, use_cache=cache != 'none',
+                                            cuda_graph=cache == 'graph')
+                    passes = int(run()[1][0])  # also the warm-up
+                    ms = t_ms[method, cache, k] = timed(run, 0, max(3, repeats // 5))
+                    per_pass[method, cache, k] = ms / passes
+                    row(what='sample', size=size, batch=b, method=method, kv_cache=cache, tokens_per_step=k,
+                        forward_passes=passes, ms=ms, tokens_per_s=b * new / (ms / 1000),
+                        ms_per_pass=ms / passes)
+        for k in (1, 2, 4, 8):
+            row(what='sample summary', size=size, batch=b, tokens_per_step=k,
+                rcd_overhead_per_pass=per_pass['rcd', caches[0], k] / per_pass['baseline', caches[0], k] - 1,
+                kv_cache_speedup=t_ms['baseline', 'none', k] / t_ms['baseline', caches[0], k],
+                **({'graph_over_eager_speedup': t_ms['baseline', 'eager', k] / t_ms['baseline', 'graph', k]}
+                   if cuda else {}))
+    del model
+
+
+for size in sizes.split(','):
+    torch._dynamo.reset()  # each size compiled afresh: a recompile for a new shape goes dynamic
+    for name in sections.split(','):
+        globals()[f'bench_{name}'](size, SIZES[size], ModelConfig(**SIZES[size]['model']))
 
 if out:
     with open(out, 'w') as f:

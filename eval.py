@@ -5,11 +5,14 @@ confidence interval, which items were right (so two methods on the same items co
 mean forward passes per answer (denoising steps + cache fills + any first-step pass) and wall time. Every setting runs
 the same sampler (sample.generate); the baseline is the plain sampler, alpha = 0 (`--rcd=False`).
 
-    python eval.py --ckpt=out/recipe/baseline/ckpt.pt --label=baseline
-    python eval.py --ckpt=out/recipe/rcd/ckpt.pt --label=RCD --rcd=True
-    python eval.py --compare=out/recipe/results.jsonl     # paired differences to the baseline, per setting and seed
-    python eval.py --plot=out/recipe/results.jsonl        # accuracy vs forward passes -> results.png (matplotlib)
-Choose decoding settings on --split=val; report --split=test.
+    python eval.py --ckpt=out/recipe/baseline/ckpt.pt --label=baseline --split=val
+    python eval.py --ckpt=out/recipe/rcd/ckpt.pt --label=RCD --use_rcd=True --split=val
+    python eval.py --frontier=test.jsonl --val=val.jsonl   # the accuracy-vs-passes frontier, chosen on val
+    python eval.py --compare=results.jsonl                 # paired differences to the baseline, per setting
+    python eval.py --plot=test.jsonl --val=val.jsonl       # the frontiers with 95% CIs -> test.png (matplotlib)
+The frontier is the measure: at each budget of P forward passes per answer, the best accuracy a method reaches,
+with the decoding setting (rule, threshold or tokens per step, RCD's knobs) chosen on the val split among those
+that averaged at most P passes there, then scored on test. Methods are compared paired on the same test items.
 """
 import json
 import math
@@ -21,28 +24,31 @@ import time
 import torch
 from tqdm import tqdm
 
-import trainer
+import common
 from configurator import configure
-from sample import answer_of, check_decoding, generate, is_right, load_models
+from sample import Decoding, answer_of, check_decoding, generate, is_right, load_models
 
 # -----------------------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
-label = ''                   # the method's name in records and plot ('' = 'RCD' with rcd, else 'baseline')
-rcd = False                  # RCD sampling (residual context); False = the plain sampler, alpha = 0
-alpha_mode = 'entropy'       # with rcd: 'entropy', 'confidence', 'constant', 'none'
+label = ''                   # the method's name in records and plot ('' = 'RCD' with use_rcd, else 'baseline')
+use_rcd = False              # RCD sampling (residual context); False = the plain sampler, alpha = 0
+alpha_mode = 'entropy'       # with use_rcd: 'entropy', 'confidence', 'constant', 'none'
 alpha_constant = 0.5
-residual_temperature = 1.0   # with rcd: T_res, α from softmax(logits / T_res)
-first_step = 'zero'          # with rcd: 'zero', 'self', 'reference' (needs reference_ckpt), 'dirichlet'
+alpha_scale = 1.0            # with use_rcd: α multiplied by this (the value the model was trained with)
+residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α from softmax(logits / T_res))
+first_step = 'zero'          # with use_rcd: 'zero', 'self', 'reference' (needs reference_ckpt), 'dirichlet'
 reference_ckpt = ''
 split = 'test'               # 'val' to choose settings, 'test' to report
-tokens_per_step = '1,2,4,8'  # static rule settings ('' = none)
-thresholds = '0.9,0.7,0.5'   # threshold rule settings ('' = none)
+tokens_per_step_grid = '1,2,4,8'  # static rule settings ('' = none)
+threshold_grid = '0.5,0.7,0.9,0.97,0.99,0.999,0.9999,0.99999'  # threshold rule settings ('' = none)
 n_problems = 0               # problems per setting (0 = all of the split)
 batch_size = 500
 records = 'out/results.jsonl'
-plot = ''                    # a records file: draw it (PNG next to it) and exit; needs matplotlib
-compare = ''                 # a records file: print each method's paired difference to `baseline` and exit
-select = ''                  # a records file of val runs: print each method's best decoding settings and exit
+frontier = ''                # test records: print each method's frontier (with --val) against `baseline`; exit
+val = ''                     # the val records the frontier's settings are chosen on
+budgets = '2,3,4,5,6,8,10,12'  # the frontier's budgets: mean forward passes per answer
+plot = ''                    # test records: draw the frontiers (with --val) to a PNG next to them; exit
+compare = ''                 # a records file: print each method's paired difference per setting; exit
 baseline = 'baseline'        # the label the others are compared with
 device = 'auto'
 dtype = 'auto'
@@ -50,13 +56,13 @@ seed = 1337
 # -----------------------------------------------------------------------------------------------------------------
 
 
-def score(model, tok, meta, split, n_problems, batch_size, autocast, desc='test', **decode):
+def score(model, tok, meta, split, n_problems, batch_size, autocast, desc, dec, reference, generator):
     """(per-problem correctness list, valid Sudoku grids or None, mean forward passes per answer) on
-    data/<dataset>/<split>.pkl. Problems are batched by prompt length, so every row of a batch shares the same block
-    alignment; the list is in the file's order, the same for every method."""
-    path = os.path.join(trainer.dataset_dir(meta['dataset']), f'{split}.pkl')
+    data/<dataset>/<split>.pkl. Problems are batched by prompt length, so every row of a batch shares the same
+    block alignment; the list is in the file's order, the same for every method."""
+    path = os.path.join(common.dataset_dir(meta['dataset']), f'{split}.pkl')
     if 'answer_prefix' not in meta or not os.path.isfile(path):
-        trainer.fail(f"dataset '{meta['dataset']}' has no scorable {split} split ({path}); run its prepare.py")
+        common.fail(f"dataset '{meta['dataset']}' has no scorable {split} split ({path}); run its prepare.py")
     with open(path, 'rb') as f:
         problems = pickle.load(f)[:n_problems or None]
     grids = meta.get('task') == 'sudoku'  # also count answers that are valid Sudoku grids
@@ -72,7 +78,8 @@ def score(model, tok, meta, split, n_problems, batch_size, autocast, desc='test'
             chunk = group[k:k + batch_size]
             ids = torch.tensor([tok.encode(problems[i][0]) for i in chunk], device=dev)
             with autocast:
-                out, n_pass = generate(model, ids, meta['row_len'] - p_len, eos_id=meta['eos_id'], **decode)
+                out, n_pass = generate(model, ids, meta['row_len'] - p_len, dec, meta['eos_id'], reference,
+                                       generator)
             for i, row in zip(chunk, out[:, p_len:].tolist()):
                 pred = answer_of(tok.decode(row), meta['answer_prefix'])
                 right[i] = is_right(pred, problems[i][1], meta['answer_prefix'])
@@ -83,8 +90,11 @@ def score(model, tok, meta, split, n_problems, batch_size, autocast, desc='test'
     return right, valid if grids else None, passes / len(problems)
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Statistics: intervals of one accuracy, and of the paired difference of two methods on the same items
+
 def wilson_interval(correct, n, z=1.96):
-    """95% confidence interval of a binomial proportion (Wilson score): sound near 0% and 100%, unlike p ± 2·se."""
+    """95% interval of a binomial proportion (Wilson score): sound near 0% and 100%, unlike p ± 2·se."""
     if n == 0:
         return 0.0, 1.0
     p = correct / n
@@ -126,153 +136,214 @@ def paired_difference(a, b, level=0.95):
     return (2 * a_only - d) / n, d / n * (2 * lo - 1), d / n * (2 * hi - 1)
 
 
-def setting_of(r):
-    return f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"threshold {r['threshold']}"
-
+# ------------------------------------------------------------------------------------------------------------------
+# Reading records: per-setting comparison, and the frontier chosen on val
 
 def read_records(path):
     if not os.path.isfile(path):
-        trainer.fail(f"records file '{path}' not found; run eval.py on a checkpoint first")
+        common.fail(f"records file '{path}' not found; run eval.py on a checkpoint first")
+    need = {'label', 'rule', 'items', 'mean_passes', 'train_seed', 'split', 'accuracy'}
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f, 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                common.fail(f'{path}, line {i}: not a JSON record')
+            if row is not None and (not isinstance(row, dict) or not need <= row.keys()):
+                common.fail(f"{path}, line {i}: not an eval.py record (needs {', '.join(sorted(need))})")
+            rows += [row] if row is not None else []
+    if not rows:
+        common.fail(f'records file {path} holds no records')
+    return rows
+
+
+def setting_of(r):
+    rule = f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"threshold {r['threshold']}"
+    if r.get('use_rcd') and (r['first_step'] != 'zero' or r['residual_temperature'] != 1.0):
+        rule += f", first step {r['first_step']}, T_res {r['residual_temperature']}"
+    return rule
+
+
+def items(r):
+    return [c == '1' for c in r['items']]
 
 
 def comparison(rows, baseline_label):
-    """Markdown table: per setting, each method's accuracy and paired difference to the baseline (95% CI) for every
-    training seed, and their mean over seeds. Records pair up by (split, setting, train_seed)."""
-    key = lambda r: (r['split'], setting_of(r), r['train_seed'])  # noqa: E731
+    """Markdown: per setting, each method's accuracy and paired difference to the baseline (95% CI) for every
+    training seed, and their mean. Records pair up by (split, setting, train_seed)."""
+    key = lambda r: (r['split'], setting_of(r).split(',')[0], r['train_seed'])  # noqa: E731
     base = {key(r): r for r in rows if r['label'] == baseline_label}
     if not base:
-        trainer.fail(f"no records labelled '{baseline_label}' to compare with (set --baseline=LABEL)")
+        common.fail(f"no records labelled '{baseline_label}' to compare with (set --baseline=LABEL)")
     lines = ['| method | setting | passes | seed: baseline → method, difference [95% CI] | mean difference |',
              '|---|---|---|---|---|']
     for method in dict.fromkeys(r['label'] for r in rows if r['label'] != baseline_label):
         for setting in dict.fromkeys(setting_of(r) for r in rows if r['label'] == method):
-            cells, diffs, passes = [], [], []
-            for r in (r for r in rows if r['label'] == method and setting_of(r) == setting):
-                b = base.get(key(r))
-                if b is None:
-                    continue
-                d, lo, hi = paired_difference([c == '1' for c in r['items']], [c == '1' for c in b['items']])
-                cells.append(f"{r['train_seed']}: {100 * b['accuracy']:.1f} → {100 * r['accuracy']:.1f}, "
-                             f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
-                diffs.append(d)
-                passes.append(f"{b['mean_passes']:.0f} / {r['mean_passes']:.0f}")
-            if cells:
-                lines.append(f"| {method} | {setting} | {passes[0]} | {'<br>'.join(cells)} | "
+            runs = [(r, base.get(key(r))) for r in rows if r['label'] == method and setting_of(r) == setting]
+            runs = [(r, b) for r, b in runs if b is not None]
+            if runs:
+                cells, diffs = zip(*(difference_cell(r, b) for r, b in runs))
+                passes = f"{runs[0][1]['mean_passes']:.0f} / {runs[0][0]['mean_passes']:.0f}"
+                lines.append(f"| {method} | {setting} | {passes} | {'<br>'.join(cells)} | "
                              f"{100 * sum(diffs) / len(diffs):+.1f} |")
     return '\n'.join(lines)
 
 
-def selection(rows, baseline_label):
-    """Each RCD method's decoding knobs (first step, T_res) by mean val accuracy over the settings swept. Every
-    combination is listed as a comment; the chosen one per method, among first steps that add no forward pass (so
-    it spends the baseline's budget), as a line 'label first_step T_res accuracy' that config/recipe.sh reads."""
-    groups = {}
-    for r in rows:
-        if r['label'] != baseline_label:
-            groups.setdefault((r['label'], r['first_step'], r['residual_temperature']), []).append(r['accuracy'])
-    mean = {k: sum(v) / len(v) for k, v in groups.items()}
-    lines = [f'# {label} first_step={first} T_res={t}: mean val accuracy {100 * acc:.2f}%'
-             for (label, first, t), acc in sorted(mean.items(), key=lambda kv: -kv[1])]
-    for method in dict.fromkeys(label for label, _, _ in mean):
-        best = max((k for k in mean if k[0] == method and k[1] in ('zero', 'dirichlet')), default=None,
-                   key=lambda k: (mean[k], k[1] == 'zero', k[2] == 1.0))  # ties: the paper's cold start, T_res = 1
-        if best is not None:
-            lines.append(f'{best[0]} {best[1]} {best[2]} {mean[best]:.4f}')
+def difference_cell(r, b):
+    """'seed: baseline → method, difference [95% CI]' of two records on the same items, and the difference."""
+    d, lo, hi = paired_difference(items(r), items(b))
+    return (f"{r['train_seed']}: {100 * b['accuracy']:.1f} → {100 * r['accuracy']:.1f}, "
+            f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"), d
+
+
+def frontier_points(test_rows, val_rows, budgets):
+    """{(method, seed): {budget: the test record of the setting chosen on val}}. The chosen setting is the one
+    with the best val accuracy among the settings that averaged at most `budget` forward passes per answer on val
+    (ties: fewer passes). Budgets with no such setting are left out."""
+    test = {(r['label'], r['train_seed'], setting_of(r)): r for r in test_rows}
+    out = {}
+    for method, seed in dict.fromkeys((r['label'], r['train_seed']) for r in test_rows):
+        mine = [r for r in val_rows if (r['label'], r['train_seed']) == (method, seed)]
+        for budget in budgets:
+            fits = [r for r in mine if r['mean_passes'] <= budget + 1e-9]
+            if fits:
+                best = max(fits, key=lambda r: (r['accuracy'], -r['mean_passes']))
+                if (method, seed, setting_of(best)) in test:
+                    out.setdefault((method, seed), {})[budget] = test[(method, seed, setting_of(best))]
+    return out
+
+
+def frontier_table(test_rows, val_rows, budgets, baseline_label):
+    """Markdown: per budget, each method's test accuracy (mean over seeds) at the setting val chose, and per
+    seed the paired difference to the baseline's chosen setting on the same test items (95% CI)."""
+    points = frontier_points(test_rows, val_rows, budgets)
+    seeds = sorted({seed for _, seed in points}, key=str)
+    if not any(m == baseline_label for m, _ in points):
+        common.fail(f"no records labelled '{baseline_label}' in both files (set --baseline=LABEL)")
+    lines = ['| method | budget (passes) | baseline | method | seed: difference [95% CI] (chosen setting) '
+             '| mean difference |', '|---|---|---|---|---|---|']
+    for method in dict.fromkeys(m for m, _ in points if m != baseline_label):
+        for budget in budgets:
+            pairs = [(points.get((method, s), {}).get(budget), points.get((baseline_label, s), {}).get(budget))
+                     for s in seeds]
+            pairs = [(r, b) for r, b in pairs if r is not None and b is not None]
+            if not pairs:
+                continue
+            cells, diffs = zip(*((difference_cell(r, b)[0] + f' ({setting_of(r)})', difference_cell(r, b)[1])
+                                 for r, b in pairs))
+            mean = lambda key, i: sum(p[i][key] for p in pairs) / len(pairs)  # noqa: E731
+            lines.append(f"| {method} | ≤ {budget} | {100 * mean('accuracy', 1):.1f} ({mean('mean_passes', 1):.1f})"
+                         f" | {100 * mean('accuracy', 0):.1f} ({mean('mean_passes', 0):.1f}) | "
+                         f"{'<br>'.join(cells)} | {100 * sum(diffs) / len(diffs):+.1f} |")
     return '\n'.join(lines)
 
 
-def draw(path):
-    """Accuracy (with 95% CI) against mean forward passes per answer, one line per method and rule; several training
-    seeds are pooled (mean accuracy, interval over all their answers)."""
-    rows = read_records(path)
+def draw(test_path, val_path, budgets):
+    """Each method's frontier: test accuracy at the setting chosen on val, against the budget in forward passes
+    per answer; seeds pooled (mean accuracy, 95% Wilson interval over all their answers)."""
+    rows = read_records(test_path)
+    points = frontier_points(rows, read_records(val_path), budgets)
     try:
         import matplotlib
-        import matplotlib.ticker
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        trainer.fail('the plot needs matplotlib (pip install matplotlib); the records are plain JSON lines')
+        common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain JSON lines')
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {m: f'C{i}' for i, m in enumerate(dict.fromkeys(r['label'] for r in rows))}  # one colour per method
-    for (method, rule) in dict.fromkeys((r['label'], r['rule']) for r in rows):
-        points = []
-        for setting in dict.fromkeys(setting_of(r) for r in rows if (r['label'], r['rule']) == (method, rule)):
-            runs = [r for r in rows if (r['label'], setting_of(r)) == (method, setting)]
-            correct, n = sum(r['correct'] for r in runs), sum(r['n'] for r in runs)
-            points.append((sum(r['mean_passes'] for r in runs) / len(runs), correct / n, *wilson_interval(correct, n)))
-        x, y, lo, hi = zip(*sorted(points))
-        err = [[100 * (a - b) for a, b in zip(y, lo)], [100 * (b - a) for a, b in zip(y, hi)]]
-        ax.errorbar(x, [100 * a for a in y], yerr=err, marker='o' if rule == 'static' else 's', capsize=3,
-                    linestyle='-' if rule == 'static' else '--', color=colors[method], label=f'{method} ({rule})')
-    ax.set_xlabel('forward passes per answer (denoising steps + cache fills)')
-    ax.set_ylabel('exact-answer accuracy (%)')
-    ax.set_xscale('log')
-    fewest, most = min(r['mean_passes'] for r in rows), max(r['mean_passes'] for r in rows)
-    ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)
-                   if fewest / 1.5 <= t <= most * 1.5])
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for method in dict.fromkeys(m for m, _ in points):
+        xs, ys, err = [], [], [[], []]
+        for budget in budgets:
+            runs = [p[budget] for (m, _), p in points.items() if m == method and budget in p]
+            if runs:
+                correct, n = sum(r['correct'] for r in runs), sum(r['n'] for r in runs)
+                lo, hi = wilson_interval(correct, n)
+                xs.append(budget)
+                ys.append(100 * correct / n)
+                err[0].append(ys[-1] - 100 * lo)
+                err[1].append(100 * hi - ys[-1])
+        ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=method)
+    ax.set_xlabel('budget: mean forward passes per answer (setting chosen on val)')
+    ax.set_ylabel('exact-answer accuracy on test (%)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     seeds = len({r['train_seed'] for r in rows})
-    ax.set_title(f"{rows[0]['dataset']}: accuracy vs decoding budget ({rows[0]['n']} {rows[0]['split']} problems"
+    ax.set_title(f"{rows[0]['dataset']}: accuracy-vs-passes frontier ({rows[0]['n']} test problems"
                  + (f' x {seeds} seeds' if seeds > 1 else '') + ', 95% CI)', fontsize=10)
-    png = os.path.splitext(path)[0] + '.png'
+    png = os.path.splitext(test_path)[0] + '.png'
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     print(f'wrote {png}')
 
 
+# ------------------------------------------------------------------------------------------------------------------
+
+def numbers(text, name, kind):
+    try:
+        return [kind(v) for v in text.split(',') if v]
+    except ValueError:
+        common.fail(f"{name}='{text}' must be comma-separated numbers")
+
+
 def main():
-    if plot:
-        return draw(plot)
+    budget_list = numbers(budgets, 'budgets', float)
+    if plot or frontier:
+        if not val:
+            common.fail('the frontier chooses its settings on val: give --val=VAL_RECORDS')
+        if plot:
+            return draw(plot, val, budget_list)
+        return print(frontier_table(read_records(frontier), read_records(val), budget_list, baseline))
     if compare:
         return print(comparison(read_records(compare), baseline))
-    if select:
-        return print(selection(read_records(select), baseline))
-    check_decoding(1, 0.0, 0.0, alpha_mode, residual_temperature, rcd, first_step, reference_ckpt)
+    dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant, alpha_scale=alpha_scale,
+                   first_step=first_step)
+    check_decoding(dec, reference_ckpt)
     if split not in ('val', 'test'):
-        trainer.fail(f"split='{split}' must be 'val' or 'test'")
-    try:
-        settings = [('static', int(k), 0.0) for k in tokens_per_step.split(',') if k] + \
-                   [('threshold', 1, float(tau)) for tau in thresholds.split(',') if tau]
-    except ValueError:
-        trainer.fail(f"tokens_per_step='{tokens_per_step}' and thresholds='{thresholds}' must be comma-separated numbers")
-    if not settings or any(k < 1 or not 0.0 <= tau <= 1.0 for _, k, tau in settings):
-        trainer.fail('need at least one setting, tokens per step >= 1 and thresholds in [0, 1]')
-    torch.manual_seed(seed)
-    dev, autocast = trainer.setup_device(device, dtype)
-    model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
-    train_seed = train_config.get('seed')
-    name = label or ('RCD' if rcd else 'baseline')
+        common.fail(f"split='{split}' must be 'val' or 'test'")
+    if n_problems < 0 or batch_size < 1:
+        common.fail(f'need n_problems >= 0 (0 = all) and batch_size >= 1 (got {n_problems}, {batch_size})')
+    temps = numbers(residual_temperatures, 'residual_temperatures', float) if use_rcd else [1.0]
+    settings = [('static', k, 0.0, T) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)
+                for T in temps]
+    settings += [('threshold', 1, tau, T) for tau in numbers(threshold_grid, 'threshold_grid', float)
+                 for T in temps]
+    if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0
+                           for rule, k, tau, T in settings):
+        common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0')
     os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
-    for rule, k, tau in settings:
-        decode = dict(tokens_per_step=k, threshold=tau, generator=torch.Generator(dev).manual_seed(seed),
-                      alpha_mode=alpha_mode if rcd else None, alpha_constant=alpha_constant,
-                      residual_temperature=residual_temperature, first_step=first_step, reference=reference)
-        setting = f'{k} tokens/step' if rule == 'static' else f'threshold {tau}'
+    if not os.access(os.path.dirname(os.path.abspath(records)), os.W_OK):
+        common.fail(f'cannot write records to {records}: its directory is not writable')
+    torch.manual_seed(seed)
+    dev, autocast = common.setup_device(device, dtype)
+    model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
+    name = label or ('RCD' if use_rcd else 'baseline')
+    for rule, k, tau, T in settings:
+        dec.tokens_per_step, dec.threshold, dec.residual_temperature = k, tau, T
         t0 = time.perf_counter()
-        right, valid, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, f'{name}, {setting}',
-                                     **decode)
+        right, valid, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, name, dec,
+                                     reference, torch.Generator(dev).manual_seed(seed))
         wall = time.perf_counter() - t0  # score reads every answer back to the CPU: the GPU is done
         n, correct = len(right), sum(right)
-        record = dict(label=name, ckpt=ckpt, train_seed=train_seed, dataset=meta['dataset'], split=split,
-                      block_size=model.cfg.block_size, rcd=rcd, alpha_mode=alpha_mode if rcd else 'none',
-                      first_step=first_step, residual_temperature=residual_temperature, rule=rule,
-                      tokens_per_step=k if rule == 'static' else None, threshold=tau if rule == 'threshold' else None,
-                      n=n, correct=correct, accuracy=correct / n, ci95=wilson_interval(correct, n), valid=valid,
-                      items=''.join('1' if x else '0' for x in right), mean_passes=passes, wall_s=wall,
+        record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'), dataset=meta['dataset'],
+                      split=split, block_size=model.cfg.block_size, use_rcd=use_rcd,
+                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=alpha_scale, first_step=first_step,
+                      residual_temperature=T, rule=rule, tokens_per_step=k if rule == 'static' else None,
+                      threshold=tau if rule == 'threshold' else None, n=n, correct=correct, accuracy=correct / n,
+                      ci95=wilson_interval(correct, n), valid=valid, items=''.join('01'[x] for x in right),
+                      mean_passes=passes, wall_s=wall,
                       device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu')
-        with open(records, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-        print(f'{name}, {setting}: accuracy {100 * correct / n:.1f}% [{100 * record["ci95"][0]:.1f}, '
-              f'{100 * record["ci95"][1]:.1f}] on {n} {split}' + (f', {valid} valid grids' if valid is not None else '')
-              + f', {passes:.1f} passes per answer, {wall:.1f}s')
+        lo, hi = record['ci95']
+        grids = f', {valid} valid grids' if valid is not None else ''
+        print(f'{name}, {setting_of(record)}: accuracy {100 * correct / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] '
+              f'on {n} {split}{grids}, {passes:.1f} passes per answer, {wall:.1f}s', flush=True)
+        try:
+            with open(records, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+        except OSError as e:
+            common.fail(f'could not write {records} ({e.strerror}); the line above is the result')
 
 
 if __name__ == '__main__':
-    configure(globals(), [k for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)],
-              sys.argv[1:])
+    configure(globals(), [k for k, v in globals().items()
+                          if not k.startswith('_') and type(v) in (int, float, bool, str)], sys.argv[1:])
     main()

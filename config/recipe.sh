@@ -1,39 +1,38 @@
 #!/usr/bin/env bash
-# RCD against an equally trained baseline, end to end, every training seed side by side on one GPU:
+# RCD against an equally trained baseline on the accuracy-vs-passes frontier, every training seed side by side on
+# one GPU:
 #   1. stage 1, one model per seed;
-#   2. stage 2 from each: the baseline (stage 1 continued with stage 2's data, iterations and schedule, alpha = 0) and
-#      two RCD arms: `rcd` (the reference reads the same x_t, as in the paper) and `rcd_aligned` (a step-aligned
-#      reference, --reference_extra_mask=0.25);
-#   3. on val, first seed only: RCD's decoding knobs (first step x T_res) for each arm; the best mean accuracy over a
-#      few tokens-per-step settings, among the first steps that cost no extra forward pass, is used on test;
-#   4. on test, every arm and seed over the whole sweep (static tokens per step and confidence thresholds);
-#   5. paired differences to the baseline per setting and seed, the plot, and how much the residual lowers each RCD
-#      arm's stage-2 loss (the same weights scored with and without residuals).
+#   2. stage 2 from each (the same data, iterations and schedule): `baseline` (stage 1 continued, alpha = 0), `rcd`
+#      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout` (states and residuals from a
+#      short no-grad threshold-decoding rollout of the target itself) and `rcd_rollout_light` (the same, alpha x 0.25);
+#   3. every arm and seed scored on val and on test over the same grid of decoding settings (confidence thresholds,
+#      tokens per step, T_res for RCD);
+#   4. the frontier: at each budget of P passes per answer, the setting chosen on val, scored on test, paired to
+#      the baseline's on the same puzzles; the plot; paired differences at 1 token per step.
 #
-#   bash config/recipe.sh gpu                    # Sudoku, 3 seeds, one GPU
-#   bash config/recipe.sh cpu                    # 2 CPU cores: a toy of the same pipeline, 1 seed (poor numbers)
-#   TASK=reasoning bash config/recipe.sh gpu     # the arithmetic task (block 8), where RCD does not pay
-# Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS (gpu) [4000], STAGE2_ITERS [1000 gpu, 60 cpu],
-# JOBS (processes at once) [12 gpu, 1 cpu], RUN_DIR [out/recipe_<task>_<mode>]. A step whose output exists is
-# skipped: a rerun resumes.
+#   bash config/recipe.sh gpu                        # 9x9 Sudoku (44 random blanks), 3 seeds, one GPU
+#   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
+#   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
+# Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
+# ARMS, JOBS (processes at once) [12 gpu, 1 cpu], DATA (a prepared dataset directory), RUN_DIR. A step whose
+# output exists is skipped: a rerun resumes.
 set -euo pipefail
-MODE=${1:-gpu}; TASK=${TASK:-sudoku}
-case $TASK in
-  sudoku) S1=(config/sudoku_gpu.py); K_SWEEP=1,2,4,8,16,32; K_VAL=1,4,16 ;;
-  reasoning) S1=(config/reasoning_gpu.py); K_SWEEP=1,2,4,8; K_VAL=1,2,4 ;;
-  *) echo "usage: TASK=sudoku|reasoning bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
-esac
+MODE=${1:-gpu}; DIG=${DIG:-random}
+ARMS=${ARMS:-baseline rcd rcd_rollout rcd_rollout_light}
+THRESHOLDS=0.5,0.7,0.9,0.97,0.99,0.999,0.9999,0.99999
 case $MODE in
-  gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-12}; S2=(); N=()
-       [ -z "${STAGE1_ITERS:-}" ] || S1+=(--max_iters="$STAGE1_ITERS" --lr_decay_iters="$STAGE1_ITERS")
-       T_VAL="0.5 1.0 2.0"; EXTRA_PASS="self reference"; THRESHOLDS=0.9,0.7,0.5; LOSS_ITERS=50 ;;
-  cpu) SEEDS=${SEEDS:-1}; ITERS=${STAGE2_ITERS:-60}; JOBS=${JOBS:-1}; N=(--n_problems=50 --batch_size=50)
-       S1+=(config/quick_cpu.py --batch_size=16 --max_iters=150 --lr_decay_iters=150 --eval_interval=150)
-       S2=(config/quick_cpu_stage2.py --batch_size=16 --eval_interval="$ITERS")
-       T_VAL="1.0"; EXTRA_PASS=""; THRESHOLDS=0.7; LOSS_ITERS=10; K_SWEEP=4,16; K_VAL=16 ;;
-  *) echo "usage: TASK=sudoku|reasoning bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
+  gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-12}; S2=(); N=(); T_RES=1.0,2.0
+       S1=(config/sudoku_gpu.py --max_iters="${STAGE1_ITERS:-4000}" --lr_decay_iters="${STAGE1_ITERS:-4000}")
+       K_VAL=8,16,32; K_TEST=1,8,16,32 ;;
+  cpu) SEEDS=${SEEDS:-1}; ITERS=${STAGE2_ITERS:-40}; JOBS=${JOBS:-1}; N=(--n_problems=40 --batch_size=40)
+       S1=(config/sudoku_gpu.py --device=cpu --n_layer=2 --n_embd=64 --n_head=2 --batch_size=16 --max_iters=60
+           --lr_decay_iters=60 --warmup_iters=5 --eval_interval=60 --eval_iters=2 --log_interval=20)
+       S2=(--device=cpu --batch_size=16 --eval_interval="$ITERS" --eval_iters=2 --log_interval=20 --warmup_iters=5)
+       T_RES=1.0; K_VAL=16,32; K_TEST=16,32; THRESHOLDS=0.7,0.99 ;;
+  *) echo "usage: [DIG=random|greedy] bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
 esac
-RUN_DIR=${RUN_DIR:-out/recipe_${TASK}_$MODE}
+RUN_DIR=${RUN_DIR:-out/recipe_sudoku_${DIG}_$MODE}
+DATA=${DATA:-$RUN_DIR/data}
 FIRST=${SEEDS%% *}
 START=$(date +%s)
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/val" "$RUN_DIR/test"
@@ -50,20 +49,26 @@ join() {  # wait for every job; stop if any failed
   PIDS=()
   [ $ok = 1 ] || { echo "a job failed: see the logs in $RUN_DIR/logs" >&2; exit 1; }
 }
-arm_flags() {  # what each stage-2 arm trains with
+arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_scale)
   case $1 in
     baseline) echo --alpha_mode=none ;;
     rcd) echo --alpha_mode=entropy ;;
-    rcd_aligned) echo --alpha_mode=entropy --reference_extra_mask=0.25 ;;
+    rcd_rollout) echo --alpha_mode=entropy --rollout_steps=4 ;;
+    rcd_rollout_light) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 ;;
   esac
 }
-ARMS="baseline rcd rcd_aligned"
+scale_of() { case $1 in *_light) echo 0.25 ;; *) echo 1.0 ;; esac; }
 
-[ -f "data/$TASK/train.bin" ] || python "data/$TASK/prepare.py"  # once, before the jobs that read it
+if [ ! -f "$DATA/train.bin" ]; then
+  case $MODE in
+    gpu) python data/sudoku/prepare.py --dig="$DIG" --out_dir="$DATA" ;;
+    cpu) python data/sudoku/prepare.py --dig="$DIG" --n_train=2000 --n_val=40 --n_test=40 --out_dir="$DATA" ;;
+  esac
+fi
 echo "[$(( $(date +%s) - START )) s] stage 1, seeds $SEEDS"
 for s in $SEEDS; do
-  [ -f "$RUN_DIR/s$s/stage1/ckpt.pt" ] || job "stage1_s$s" python train_stage1.py "${S1[@]}" --seed="$s" \
-    --out_dir="$RUN_DIR/s$s/stage1"
+  [ -f "$RUN_DIR/s$s/stage1/ckpt.pt" ] || job "stage1_s$s" python train_stage1.py "${S1[@]}" --dataset="$DATA" \
+    --seed="$s" --out_dir="$RUN_DIR/s$s/stage1"
 done; join
 
 echo "[$(( $(date +%s) - START )) s] stage 2: $ARMS"
@@ -71,65 +76,37 @@ for s in $SEEDS; do
   D=$RUN_DIR/s$s
   for arm in $ARMS; do
     # shellcheck disable=SC2046
-    [ -f "$D/$arm/ckpt.pt" ] || job "${arm}_s$s" python train_stage2.py "${S2[@]}" --dataset="$TASK" --seed="$s" \
+    [ -f "$D/$arm/ckpt.pt" ] || job "${arm}_s$s" python train_stage2.py "${S2[@]}" --dataset="$DATA" --seed="$s" \
       --max_iters="$ITERS" --lr_decay_iters="$ITERS" --init_from="$D/stage1/ckpt.pt" \
-      --reference_ckpt="$D/stage1/ckpt.pt" $(arm_flags $arm) --out_dir="$D/$arm"
+      --reference_ckpt="$D/stage1/ckpt.pt" $(arm_flags "$arm") --out_dir="$D/$arm"
   done
 done; join
 
-echo "[$(( $(date +%s) - START )) s] val (seed $FIRST): RCD's first step and T_res"
-D=$RUN_DIR/s$FIRST
-VAL=(--split=val --tokens_per_step="$K_VAL" --thresholds= "${N[@]}")
-[ -f "$RUN_DIR/val/baseline.jsonl" ] || job val_baseline python eval.py --ckpt="$D/baseline/ckpt.pt" \
-  --records="$RUN_DIR/val/baseline.jsonl" "${VAL[@]}"
-for arm in rcd rcd_aligned; do
-  for first in zero dirichlet $EXTRA_PASS; do
-    temps=$T_VAL; ref=()
-    case $first in self) temps=1.0 ;; reference) temps=1.0; ref=(--reference_ckpt="$D/stage1/ckpt.pt") ;; esac
-    for T in $temps; do
-      out=$RUN_DIR/val/${arm}_${first}_T$T.jsonl
-      [ -f "$out" ] || job "val_${arm}_${first}_T$T" python eval.py --ckpt="$D/$arm/ckpt.pt" --label="$arm" \
-        --rcd=True --first_step="$first" --residual_temperature="$T" "${ref[@]}" --records="$out" "${VAL[@]}"
+echo "[$(( $(date +%s) - START )) s] val and test: every arm and seed over the decoding grid"
+for split in val test; do
+  K=$K_TEST; [ $split = val ] && K=$K_VAL
+  for s in $SEEDS; do
+    for arm in $ARMS; do
+      rcd=(); [ "$arm" = baseline ] || rcd=(--use_rcd=True --alpha_scale="$(scale_of "$arm")" \
+        --residual_temperatures="$T_RES")
+      out=$RUN_DIR/$split/${arm}_s$s.jsonl
+      [ -f "$out" ] || job "${split}_${arm}_s$s" python eval.py --ckpt="$RUN_DIR/s$s/$arm/ckpt.pt" --label="$arm" \
+        --split=$split "${rcd[@]}" --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
+        --records="$out"
     done
   done
 done; join
-cat "$RUN_DIR"/val/*.jsonl > "$RUN_DIR/val.jsonl"
-python eval.py --select="$RUN_DIR/val.jsonl" | grep -v '^config:' | tee "$RUN_DIR/val_choice.txt"
-
-echo "[$(( $(date +%s) - START )) s] test: every arm and seed"
-TEST=(--tokens_per_step="$K_SWEEP" --thresholds="$THRESHOLDS" "${N[@]}")
-for s in $SEEDS; do
-  D=$RUN_DIR/s$s
-  [ -f "$RUN_DIR/test/baseline_s$s.jsonl" ] || job "test_baseline_s$s" python eval.py --ckpt="$D/baseline/ckpt.pt" \
-    --records="$RUN_DIR/test/baseline_s$s.jsonl" "${TEST[@]}"
-  while read -r arm first T _; do  # each RCD arm with the decoding chosen on val
-    [ -f "$RUN_DIR/test/${arm}_s$s.jsonl" ] || job "test_${arm}_s$s" python eval.py --ckpt="$D/$arm/ckpt.pt" \
-      --label="$arm" --rcd=True --first_step="$first" --residual_temperature="$T" \
-      --records="$RUN_DIR/test/${arm}_s$s.jsonl" "${TEST[@]}"
-  done < <(grep '^rcd' "$RUN_DIR/val_choice.txt")
+for split in val test; do
+  cat "$RUN_DIR/$split"/*.jsonl > "$RUN_DIR/$split.jsonl"
 done
-echo "[$(( $(date +%s) - START )) s] stage-2 loss with and without residuals (seed $FIRST, val split)"
-for arm in rcd rcd_aligned; do
-  for frac in 1.0 0.0; do
-    [ -f "$RUN_DIR/loss/${arm}_$frac/log.jsonl" ] || job "loss_${arm}_$frac" python train_stage2.py "${S2[@]}" \
-      --dataset="$TASK" --init_from="$RUN_DIR/s$FIRST/$arm/ckpt.pt" --reference_ckpt="$RUN_DIR/s$FIRST/stage1/ckpt.pt" \
-      $(arm_flags $arm) --residual_fraction="$frac" --eval_only=True --eval_iters="$LOSS_ITERS" \
-      --out_dir="$RUN_DIR/loss/${arm}_$frac"
-  done
-done; join
 
-cat "$RUN_DIR"/test/*.jsonl > "$RUN_DIR/results.jsonl"
 {
-  echo "# $TASK, seeds $SEEDS: paired differences to the baseline on test"
-  python eval.py --compare="$RUN_DIR/results.jsonl" | grep -v '^config:'
+  echo "# Sudoku ($DIG digging), seeds $SEEDS: the frontier (settings chosen on val, scored on test)"
+  python eval.py --frontier="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
   echo
-  echo "# stage-2 val loss of each RCD model (seed $FIRST), the same weights with residuals on every row / on none"
-  for arm in rcd rcd_aligned; do
-    python -c "import json,sys; w, wo = (json.loads(open(f).readlines()[-1])['val_loss'] for f in sys.argv[2:]); \
-print(f'{sys.argv[1]}: with {w:.4f}, without {wo:.4f}, lowered by {100 * (1 - w / wo):.1f}%')" \
-      "$arm" "$RUN_DIR/loss/${arm}_1.0/log.jsonl" "$RUN_DIR/loss/${arm}_0.0/log.jsonl"
-  done
+  echo "# paired differences to the baseline on test, per setting"
+  python eval.py --compare="$RUN_DIR/test.jsonl" | grep -v '^config:'
 } | tee "$RUN_DIR/results.md"
-if python -c 'import matplotlib' 2> /dev/null; then python eval.py --plot="$RUN_DIR/results.jsonl"
-else echo "note: no plot without matplotlib (pip install matplotlib); the records are in $RUN_DIR/results.jsonl"; fi
-echo "recipe ($TASK, $MODE, seeds $SEEDS) done in $(( $(date +%s) - START )) s; records and tables in $RUN_DIR"
+if python -c 'import matplotlib' 2> /dev/null; then python eval.py --plot="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl"
+else echo "note: no plot without matplotlib (pip install matplotlib); the records are in $RUN_DIR/test.jsonl"; fi
+echo "recipe (sudoku $DIG, $MODE, seeds $SEEDS) done in $(( $(date +%s) - START )) s; tables in $RUN_DIR/results.md"

@@ -14,9 +14,12 @@ swaps inside bands and stacks, band and stack swaps, transposition), each dug wi
 grids come from base grids that train never uses, so no held-out puzzle is a symmetric copy of a training puzzle
 (with 5.5e9 essentially different grids, the chance that any held-out base grid is equivalent to a training one
 is below 1e-3 at the default sizes). The blanks of a puzzle are a random
-set of --n_blanks cells, redrawn until naked singles solve it. Deterministic from --seed; a few seconds.
+set of --n_blanks cells, redrawn until naked singles solve it; or, with --dig=greedy (a harder task), blanked one
+cell at a time while naked singles still solve it (about 55 blanks, long chains of deductions). Deterministic from
+--seed; a few seconds (greedy: a minute or two).
 
     python data/sudoku/prepare.py [--n_blanks=44 --n_train=100000 --n_val=1000 --n_test=1000 --seed=1337]
+    python data/sudoku/prepare.py --dig=greedy --n_train=150000 --out_dir=data/sudoku_hard
 """
 import argparse
 import os
@@ -103,6 +106,43 @@ def dig(grids, n_blanks, rng, max_rounds=200):
     sys.exit(f'error: {len(todo)} grids found no {n_blanks}-blank pattern that naked singles solve; lower --n_blanks')
 
 
+def dig_greedy(grids, rng):
+    """Harder puzzles: blank the cells one at a time in a random order, keeping each blank only while naked singles
+    still solve the puzzle; stops where no further cell can go. (n, 81) solutions -> (n, 81) puzzles, 0 = blank."""
+    puzzles = grids.copy()
+    order = rng.random(grids.shape).argsort(1)
+    rows = np.arange(len(grids))
+    for i in range(81):
+        trial = puzzles.copy()
+        trial[rows, order[:, i]] = 0
+        ok = (singles_solve(trial) != 0).all(1)
+        puzzles[ok] = trial[ok]
+    return puzzles
+
+
+def singles_rounds(puzzles):
+    """How many rounds of naked singles each puzzle needs (every round fills all the cells that have one candidate
+    left): the length of its chain of deductions."""
+    x, rounds = puzzles.copy(), np.zeros(len(puzzles), dtype=int)
+    while (x == 0).any():
+        step = singles_solve_once(x)
+        moved = (step != x).any(1)
+        if not moved.any():
+            break
+        rounds += moved
+        x = step
+    return rounds
+
+
+def singles_solve_once(x):
+    bits = BITS[x].reshape(-1, 9, 9)
+    row = np.bitwise_or.reduce(bits, axis=2)[:, :, None]
+    col = np.bitwise_or.reduce(bits, axis=1)[:, None, :]
+    box = np.bitwise_or.reduce(bits.reshape(-1, 3, 3, 3, 3), axis=(2, 4)).repeat(3, 1).repeat(3, 2)
+    free = (~(row | col | box) & 511).reshape(-1, 81)
+    return np.where((x == 0) & (POPCOUNT[free] == 1), DIGIT_OF_BIT[free], x)
+
+
 def is_valid_grid(digits):
     """True if `digits` (a string) is a complete valid Sudoku grid: every row, column and box holds 1..9 once."""
     if len(digits) != 81 or not digits.isdigit() or '0' in digits:
@@ -118,7 +158,9 @@ def to_text(puzzle):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--n_blanks', type=int, default=44, help='blank cells per puzzle (difficulty)')
+    ap.add_argument('--n_blanks', type=int, default=44, help='blank cells per puzzle (difficulty; --dig=random)')
+    ap.add_argument('--dig', choices=('random', 'greedy'), default='random',
+                    help='random: n_blanks random blanks; greedy: blank cells while singles still solve (harder)')
     ap.add_argument('--n_train', type=int, default=100_000)
     ap.add_argument('--n_val', type=int, default=1_000)
     ap.add_argument('--n_test', type=int, default=1_000)
@@ -130,8 +172,7 @@ def main():
         ap.error('need 1 <= --n_blanks <= 64 and at least one grid and puzzle per split')
 
     py_rng, rng = random.Random(args.seed), np.random.default_rng(args.seed)
-    meta = char_meta(CHARS, row_len=2 * BLOCK, prompt_sep_id=CHARS.index('\n'), answer_prefix='', task='sudoku',
-                     difficulty=dict(n_blanks=args.n_blanks))
+    meta = char_meta(CHARS, row_len=2 * BLOCK, prompt_sep_id=CHARS.index('\n'), answer_prefix='', task='sudoku')
     os.makedirs(args.out_dir, exist_ok=True)
     for split, n in (('test', args.n_test), ('val', args.n_val), ('train', args.n_train)):
         if split == 'train':
@@ -139,7 +180,10 @@ def main():
             grids = symmetry_copies(base, n, rng)
         else:  # held-out grids: their own base grids, one puzzle each
             grids = np.array([fill_grid(py_rng) for _ in range(n)])
-        puzzles = dig(grids, args.n_blanks, rng)
+        puzzles = dig(grids, args.n_blanks, rng) if args.dig == 'random' else dig_greedy(grids, rng)
+        if split == 'test':
+            meta['difficulty'] = dict(dig=args.dig, mean_blanks=float((puzzles == 0).sum(1).mean()),
+                                      mean_singles_rounds=float(singles_rounds(puzzles).mean()))
         if split != 'test':  # rows of token ids: puzzle, spaces, newline | solution, <eos> padding
             ids = np.full((n, 2 * BLOCK), meta['eos_id'], dtype=np.uint16)
             ids[:, :81] = np.where(puzzles == 0, meta['stoi']['.'], puzzles - 1)
@@ -153,7 +197,7 @@ def main():
         print(f'{split}: {n:,} puzzles')
     with open(os.path.join(args.out_dir, 'meta.pkl'), 'wb') as f:
         pickle.dump(meta, f)
-    print(f"{args.n_blanks} blanks; row_len {2 * BLOCK}, vocab {meta['vocab_size']}")
+    print(f"difficulty {meta['difficulty']}; row_len {2 * BLOCK}, vocab {meta['vocab_size']}")
 
 
 if __name__ == '__main__':
