@@ -171,7 +171,7 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
             done |= (x[:, s:e] == eos_id).any(1)
         if done.all() or e == end:
             break
-        for runner in runners:
+        for runner in runners if use_cache else []:
             runner.keep(s, e)  # the next blocks read the finished block's keys/values
             passes += ~done
     return x[:, :p + max_new_tokens], passes
@@ -209,9 +209,8 @@ class BlockRunner:
 
     def keep(self, s, e):
         """Run the finished block once more and keep its keys/values in the cache."""
-        if self.cache is not None:
-            self(s, e)
-            self.cache.advance(e - s)  # keep the block's keys/values
+        self(s, e)
+        self.cache.advance(e - s)  # keep the block's keys/values
 
 
 def step_functions(device):

@@ -44,7 +44,7 @@ def counting_model():
     [MASK]). Its greedy output depends on the context, so a sampler equality (cache = no cache, α = 0 = baseline)
     compares real sequences, not one token repeated."""
     import torch
-    from model import BlockDiffusionLM, ModelConfig, training_loss
+    from model import BlockDiffusionLM, ModelConfig, add_noise, loss_weights
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=11, mask_id=10, seq_len=32, block_size=4, n_layer=2, n_head=2, n_embd=32)
     model = BlockDiffusionLM(cfg)
@@ -52,8 +52,20 @@ def counting_model():
     gen = torch.Generator().manual_seed(0)
     for _ in range(150):
         x0 = (torch.randint(0, 9, (32, 1), generator=gen) + torch.arange(32)) % 9
-        loss = training_loss(model, cfg, x0, torch.zeros_like(x0, dtype=torch.bool), gen, 0.0, 1.0, 'elbo')
+        prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
+        x_t, masked, t = add_noise(x0, prompt_mask, cfg.block_size, cfg.mask_id, 0.0, 1.0, gen)
+        loss = model(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, 'elbo'))
         loss.backward()
         opt.step()
         opt.zero_grad()
     return model.eval()
+
+
+def decode(model, prompt, max_new_tokens, eos_id=None, reference=None, generator=None, use_cache=True,
+           cuda_graph=True, alpha_mode=None, **settings):
+    """sample.generate with the decoding settings as keywords; alpha_mode given = RCD decoding with it."""
+    from sample import Decoding, generate
+    if alpha_mode is not None:
+        settings.update(use_rcd=True, alpha_mode=alpha_mode)
+    return generate(model, prompt, max_new_tokens, Decoding(**settings), eos_id, reference, generator, use_cache,
+                    cuda_graph)

@@ -20,7 +20,7 @@ def test_wilson_interval_by_hand():
 
 def sweep(ckpt, records, *extra):
     r = run_script('eval.py', f'--ckpt={ckpt}', f'--records={records}', '--device=cpu', '--n_problems=30',
-                   '--tokens_per_step=1,8', '--thresholds=0.9', *extra)
+                   '--tokens_per_step_grid=1,8', '--threshold_grid=0.9', *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     with open(records) as f:
         return [json.loads(line) for line in f]
@@ -36,28 +36,37 @@ def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
         assert r['ci95'][0] <= r['accuracy'] <= r['ci95'][1] and r['wall_s'] > 0
     assert base[1]['mean_passes'] < base[0]['mean_passes']  # 8 tokens per step needs fewer passes than 1
     # RCD with alpha = 0 is the same sampler: the same answers at the same cost, appended to the same file
-    rows = sweep(tiny_ckpt, records, '--rcd=True', '--alpha_mode=none', '--label=alpha0')
+    rows = sweep(tiny_ckpt, records, '--use_rcd=True', '--alpha_mode=none', '--label=alpha0')
     assert len(rows) == 6
     for a, b in zip(rows[:3], rows[3:]):
         assert b['label'] == 'alpha0' and (a['correct'], a['mean_passes']) == (b['correct'], b['mean_passes'])
 
 
-def test_plot_from_records(tiny_ckpt, tmp_path):
-    pytest.importorskip('matplotlib')
-    records = str(tmp_path / 'results.jsonl')
-    sweep(tiny_ckpt, records)
-    r = run_script('eval.py', f'--plot={records}')
+def test_frontier_table_and_plot_from_records(tiny_ckpt, tmp_path):
+    test, val = str(tmp_path / 'test.jsonl'), str(tmp_path / 'val.jsonl')
+    sweep(tiny_ckpt, test)
+    sweep(tiny_ckpt, val, '--split=val')
+    sweep(tiny_ckpt, test, '--use_rcd=True', '--label=rcd')
+    sweep(tiny_ckpt, val, '--use_rcd=True', '--label=rcd', '--split=val')
+    r = run_script('eval.py', f'--frontier={test}', f'--val={val}', '--budgets=4,100')
     assert r.returncode == 0, r.stderr
-    assert os.path.getsize(tmp_path / 'results.png') > 1000
+    assert '| rcd | ≤ 100.0 |' in r.stdout
+    pytest.importorskip('matplotlib')
+    r = run_script('eval.py', f'--plot={test}', f'--val={val}')
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(tmp_path / 'test.png') > 1000
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--thresholds=a,b'], "must be comma-separated numbers"),
-    (['--tokens_per_step=0'], 'tokens per step >= 1'),
-    (['--first_step=self'], 'use it with --rcd=True'),
-    (['--rcd=True', '--first_step=reference'], "needs --reference_ckpt=PATH"),
+    (['--threshold_grid=a,b'], "must be comma-separated numbers"),
+    (['--tokens_per_step_grid=0'], 'tokens per step >= 1'),
+    (['--first_step=self'], 'use it with --use_rcd=True'),
+    (['--use_rcd=True', '--first_step=reference'], "needs --reference_ckpt=PATH"),
     (['--split=train'], "split='train' must be 'val' or 'test'"),
-    (['--plot=/no/such/records.jsonl'], "records file '/no/such/records.jsonl' not found"),
+    (['--n_problems=-1'], 'need n_problems >= 0'),
+    (['--batch_size=0'], 'batch_size >= 1'),
+    (['--plot=/no/such/records.jsonl', '--val=/no/such/val.jsonl'], "records file '/no/such/records.jsonl' not found"),
+    (['--frontier=/no/such/records.jsonl'], 'give --val=VAL_RECORDS'),
 ])
 def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message):
     r = run_script('eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', *args)

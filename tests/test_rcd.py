@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import rcd
-import trainer
+import checkpoint
+import common
 from conftest import TINY, run_script
 from model import BlockDiffusionLM, ModelConfig
-from sample import generate
+from conftest import decode
 
 # a vocabulary of 3 ordinary tokens + [MASK] (id 3), 2-dimensional embeddings
 E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
@@ -88,11 +89,11 @@ def tiny_model(seed=0):
 @pytest.mark.parametrize('rule', [dict(tokens_per_step=1), dict(tokens_per_step=2), dict(threshold=0.4)])
 def test_alpha_zero_is_the_baseline_sampler(counting_model, rule):
     prompt = torch.randint(0, 9, (3, 5))
-    base = generate(counting_model, prompt, 20, **rule)
-    none = generate(counting_model, prompt, 20, alpha_mode='none', **rule)
+    base = decode(counting_model, prompt, 20, **rule)
+    none = decode(counting_model, prompt, 20, alpha_mode='none', **rule)
     assert torch.equal(base[0], none[0]) and torch.equal(base[1], none[1])
     if 'tokens_per_step' in rule:  # and the residual does change what later steps predict
-        assert not torch.equal(base[0], generate(counting_model, prompt, 20, alpha_mode='entropy', **rule)[0])
+        assert not torch.equal(base[0], decode(counting_model, prompt, 20, alpha_mode='entropy', **rule)[0])
 
 
 def test_residuals_reach_only_remasked_positions_of_later_steps():
@@ -103,7 +104,7 @@ def test_residuals_reach_only_remasked_positions_of_later_steps():
         calls.append((x_t.clone(), None if delta is None else delta.clone()))
         return forward(x_t, x0, delta, cache)
     model.forward = spy
-    generate(model, torch.randint(0, 9, (2, 4)), 12, tokens_per_step=2, alpha_mode='entropy')
+    decode(model, torch.randint(0, 9, (2, 4)), 12, tokens_per_step=2, alpha_mode='entropy')
     steps = [(x, d) for x, d in calls if (x == 10).any()]  # denoising steps; a cache fill reads a finished block
     assert len(steps) == 3 * 2  # 3 blocks of 4, 2 steps each
     for i, (x, delta) in enumerate(steps):
@@ -132,9 +133,9 @@ def test_first_step_seeds_the_residual_as_named(first_step):
     pass ('reference', warm start), or a random distribution ('dirichlet'); the extra passes are counted."""
     model, reference = tiny_model(0), tiny_model(1)
     prompt = torch.randint(0, 9, (2, 4))
-    plain = generate(model, prompt, 12, tokens_per_step=2, alpha_mode='entropy')
+    plain = decode(model, prompt, 12, tokens_per_step=2, alpha_mode='entropy')
     calls, ref_calls = spy_on(model), spy_on(reference)
-    _, passes = generate(model, prompt, 12, tokens_per_step=2, alpha_mode='entropy', first_step=first_step,
+    _, passes = decode(model, prompt, 12, tokens_per_step=2, alpha_mode='entropy', first_step=first_step,
                          reference=reference if first_step == 'reference' else None,
                          generator=torch.Generator().manual_seed(0))
     steps = [(x, d, z) for x, d, z in calls if (x == 10).any()]  # passes that read [MASK]: not cache fills
@@ -163,11 +164,11 @@ def test_first_step_seeds_the_residual_as_named(first_step):
 def test_rcd_with_a_warm_start_and_the_cache_agree(counting_model):
     model, reference = counting_model, tiny_model(1)
     prompt = torch.randint(0, 9, (2, 6))
-    outs = [generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy', first_step='reference',
+    outs = [decode(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy', first_step='reference',
                      reference=reference, use_cache=c) for c in (True, False)]
     assert torch.equal(outs[0][0], outs[1][0])
     # warm start adds one reference pass per block (and the reference's cache fills when the cache is on)
-    plain = generate(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy')
+    plain = decode(model, prompt, 18, tokens_per_step=2, alpha_mode='entropy')
     assert (outs[0][1] - plain[1]).tolist() == [5 + 4] * 2
 
 
@@ -196,8 +197,8 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
     args = stage2_args(tiny_reasoning, target, small_ref, full)  # a reference smaller than the target
     r = run_script(*args, '--max_iters=4', '--lr_decay_iters=4')
     assert r.returncode == 0, r.stderr
-    after = trainer.load_checkpoint(os.path.join(full, 'ckpt.pt'))
-    before = trainer.load_checkpoint(target)
+    after = checkpoint.load_checkpoint(os.path.join(full, 'ckpt.pt'))
+    before = checkpoint.load_checkpoint(target)
     assert after['iter_num'] == 4
     assert any(not torch.equal(after['model'][k], before['model'][k]) for k in before['model'])  # target moved
     args = stage2_args(tiny_reasoning, target, small_ref, part)
@@ -213,12 +214,12 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
 def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_reads(
         tiny_reasoning, stage1_ckpts, tmp_path, monkeypatch):
     target, small_ref = stage1_ckpts
-    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.chdir(common.ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, target, small_ref, str(tmp_path))
                         + ['--max_iters=3', '--lr_decay_iters=3', '--residual_fraction=1.0'])
     g = runpy.run_path('train_stage2.py', run_name='__main__')  # trains 3 iterations in this process
     model, reference = g['model'], g['reference']
-    ref_ckpt, target_ckpt = trainer.load_checkpoint(small_ref)['model'], trainer.load_checkpoint(target)['model']
+    ref_ckpt, target_ckpt = checkpoint.load_checkpoint(small_ref)['model'], checkpoint.load_checkpoint(target)['model']
     assert all(torch.equal(reference.state_dict()[k], ref_ckpt[k]) for k in ref_ckpt)  # the reference's own weights
     assert any(not torch.equal(model.state_dict()[k], target_ckpt[k]) for k in target_ckpt)  # the target moved
     seen, ref_forward = {}, reference.forward
@@ -231,20 +232,20 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
         seen['x_t'], seen['delta'] = x_t, delta
         return torch.zeros(())
     reference.forward = ref_spy
-    x0, prompt_mask = g['batches'].get('train', np.random.default_rng(0))
-    g['loss_fn'](target_spy, x0, prompt_mask, torch.Generator().manual_seed(0))
+    x0, prompt_mask, _ = g['batches'].get('train', 0)
+    g['batch_loss'](target_spy, 'train', 0)
     masked = seen['x_t'] == model.cfg.mask_id
     want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
     assert masked.any() and torch.allclose(seen['delta'], want) and torch.equal(seen['ref_x_t'], seen['x_t'])
-    g['loss_fn'].__globals__['reference_extra_mask'] = 0.5  # a step-aligned reference: x_t with more of it masked
-    g['loss_fn'](target_spy, x0, prompt_mask, torch.Generator().manual_seed(0))
+    g['batch_loss'].__globals__['reference_extra_mask'] = 0.5  # step-aligned: x_t with more of it masked
+    g['batch_loss'](target_spy, 'train', 0)
     ref_masked = seen['ref_x_t'] == model.cfg.mask_id
     masked = seen['x_t'] == model.cfg.mask_id
     assert (ref_masked >= masked).all() and ref_masked.sum() > masked.sum() and not (ref_masked & prompt_mask).any()
     want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
     assert torch.allclose(seen['delta'], want)  # residuals still only where the target reads [MASK]
-    g['loss_fn'].__globals__.update(reference_extra_mask=0.0, residual_fraction=0.5)  # half the rows: only they
-    g['loss_fn'](target_spy, x0, prompt_mask, torch.Generator().manual_seed(0))      # go through the reference
+    g['batch_loss'].__globals__.update(reference_extra_mask=0.0, residual_fraction=0.5)  # half the rows: only
+    g['batch_loss'](target_spy, 'train', 0)                                               # they see the reference
     half = x0.shape[0] // 2
     masked = seen['x_t'] == model.cfg.mask_id
     want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked[:half], 'entropy')
@@ -276,12 +277,12 @@ def test_incompatible_reference_is_a_clear_error(tiny_reasoning, stage1_ckpts, t
     target, _ = stage1_ckpts
     other = str(tmp_path / 'other')
     if '--seq_len=32' in extra:  # a model of another context length (the row dataset only trains seq_len=64)
-        ckpt = trainer.load_checkpoint(target)
+        ckpt = checkpoint.load_checkpoint(target)
         ckpt['model_args'] = dict(ckpt['model_args'], seq_len=32)
-        trainer.save_checkpoint(ckpt, os.path.join(other, 'ckpt.pt'))
+        checkpoint.save_checkpoint(ckpt, os.path.join(other, 'ckpt.pt'))
     else:
         stage1(tiny_reasoning, other, *extra)
-    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.chdir(common.ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, target, os.path.join(other, 'ckpt.pt'),
                                                  str(tmp_path / 'out')) + ['--max_iters=1'])
     with pytest.raises(SystemExit) as e:
@@ -290,7 +291,7 @@ def test_incompatible_reference_is_a_clear_error(tiny_reasoning, stage1_ckpts, t
 
 
 def test_missing_stage1_checkpoint_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch):
-    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.chdir(common.ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, '/no/such/ckpt.pt', '/no/such/ckpt.pt',
                                                  str(tmp_path)))
     with pytest.raises(SystemExit, match="checkpoint '/no/such/ckpt.pt' not found"):

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-import trainer
+import checkpoint
+import common
 from conftest import TINY, run_script
 
 
@@ -20,11 +21,11 @@ def test_a_diverging_run_stops_and_never_replaces_a_good_checkpoint(tiny_reasoni
     common = ['--eval_interval=3', '--always_save_checkpoint=True', '--lr_decay_iters=30', '--warmup_iters=0']
     assert run_script(*stage1_args(tiny_reasoning, out, '--max_iters=3', *common)).returncode == 0
     path = os.path.join(out, 'ckpt.pt')
-    good = os.path.getmtime(path), trainer.load_checkpoint(path)['iter_num']
+    good = os.path.getmtime(path), checkpoint.load_checkpoint(path)['iter_num']
     r = run_script(*stage1_args(tiny_reasoning, out, '--max_iters=30', '--init_from=resume', '--learning_rate=1e6',
                                 *common))
     assert r.returncode != 0 and 'diverged' in r.stderr and 'Traceback' not in r.stderr
-    assert (os.path.getmtime(path), trainer.load_checkpoint(path)['iter_num']) == good
+    assert (os.path.getmtime(path), checkpoint.load_checkpoint(path)['iter_num']) == good
 
 
 def test_training_again_into_a_trained_out_dir_is_refused(tiny_reasoning, tmp_path):
@@ -61,7 +62,7 @@ def test_corrupted_checkpoint_and_stale_files(tiny_reasoning, tmp_path):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--prompt=' + '1+2' * 40], 'must fit the context'),
+    (['--prompt=' + '1+2' * 40], 'leaves no room to generate'),
     (['--max_new_tokens=500', '--prompt=1+2=?\\n'], 'must fit the context'),
 ])
 def test_bad_sampling_input_is_a_clear_error(tiny_ckpt, args, message):
@@ -71,7 +72,7 @@ def test_bad_sampling_input_is_a_clear_error(tiny_ckpt, args, message):
 
 @pytest.mark.parametrize('script', ['train_stage1.py', 'train_stage2.py', 'sample.py', 'eval.py', 'bench.py'])
 def test_help_says_what_the_script_does_and_its_keys(script, monkeypatch, capsys):
-    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.chdir(common.ROOT)
     monkeypatch.setattr(sys, 'argv', [script, '--help'])
     with pytest.raises(SystemExit) as e:
         runpy.run_path(script, run_name='__main__')

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model import BlockDiffusionLM, ModelConfig
-from sample import commit_counts, generate
+from conftest import decode
+from sample import commit_counts
 
 MASK, EOS = 10, 9
 
@@ -29,7 +30,7 @@ def test_commit_counts():
                                   dict(tokens_per_step=2, temperature=1.0)])
 def test_kv_cache_gives_the_same_tokens(counting_model, rule):
     prompt = torch.randint(0, 9, (3, 6))
-    outs = [generate(counting_model, prompt, 20, use_cache=c, generator=torch.Generator().manual_seed(1), **rule)
+    outs = [decode(counting_model, prompt, 20, use_cache=c, generator=torch.Generator().manual_seed(1), **rule)
             for c in (True, False)]
     assert torch.equal(outs[0][0], outs[1][0])
     assert len(set(outs[0][0][:, 6:].flatten().tolist())) > 3  # a context-dependent sequence, not one token
@@ -46,7 +47,7 @@ def test_cuda_graph_gives_the_eager_tokens(counting_model, rule):
     reference = tiny_model(4).cuda() if rule.get('first_step') == 'reference' else None
     prompt = torch.randint(0, 9, (3, 6), device='cuda')
     with torch.autocast('cuda', dtype=torch.bfloat16):
-        graph, eager = (generate(model, prompt, 20, eos_id=EOS, reference=reference, cuda_graph=g, **rule)
+        graph, eager = (decode(model, prompt, 20, eos_id=EOS, reference=reference, cuda_graph=g, **rule)
                         for g in (True, False))
     assert torch.equal(graph[0], eager[0]) and torch.equal(graph[1], eager[1])
 
@@ -54,7 +55,7 @@ def test_cuda_graph_gives_the_eager_tokens(counting_model, rule):
 def test_static_rule_invariants_and_pass_count():
     model = tiny_model()
     prompt = torch.randint(0, 9, (2, 6))  # blocks of 4: prompt fills block 0 and half of block 1
-    out, passes = generate(model, prompt, 18, tokens_per_step=2)
+    out, passes = decode(model, prompt, 18, tokens_per_step=2)
     assert torch.equal(out[:, :6], prompt) and not (out == MASK).any() and out.shape == (2, 24)
     # block 1: 2 masks -> 1 step; blocks 2..5: 4 masks -> 2 steps each; a cache fill after every block but the last
     assert passes.tolist() == [1 + 4 * 2 + 4] * 2
@@ -62,7 +63,7 @@ def test_static_rule_invariants_and_pass_count():
 
 def test_threshold_one_commits_one_token_per_step():
     model = tiny_model()
-    out, passes = generate(model, torch.randint(0, 9, (2, 4)), 8, threshold=1.0)
+    out, passes = decode(model, torch.randint(0, 9, (2, 4)), 8, threshold=1.0)
     assert passes.tolist() == [4 + 1 + 4] * 2 and not (out == MASK).any()
 
 
@@ -71,7 +72,7 @@ def test_rows_stop_after_their_eos_block():
     with torch.no_grad():
         model.lm_head.weight.data[EOS] *= 0
         model.lm_head.weight.data[EOS, 0] = 50.0  # make <eos> very likely wherever feature 0 is positive
-    out, passes = generate(model, torch.randint(0, 9, (4, 4)), 24, tokens_per_step=4, eos_id=EOS)
+    out, passes = decode(model, torch.randint(0, 9, (4, 4)), 24, tokens_per_step=4, eos_id=EOS)
     for row, n in zip(out.tolist(), passes.tolist()):
         gen = row[4:]
         first_eos_block = next(i // 4 for i, t in enumerate(gen) if t == EOS)
@@ -81,7 +82,7 @@ def test_rows_stop_after_their_eos_block():
 def test_block_size_one_is_autoregressive_decoding():
     model = tiny_model(block_size=1)
     prompt = torch.randint(0, 9, (2, 3))
-    out, passes = generate(model, prompt, 7, tokens_per_step=1, use_cache=False)
+    out, passes = decode(model, prompt, 7, tokens_per_step=1, use_cache=False)
     x = prompt
     for _ in range(7):  # greedy AR: each new position is read as [MASK] after the clean prefix, one at a time
         logits = model(torch.cat((x, torch.full((2, 1), MASK)), dim=1))[:, -1]

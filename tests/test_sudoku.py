@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import binomial_interval, paired_difference, selection
+from eval import binomial_interval, frontier_points, frontier_table, paired_difference
 from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
@@ -117,10 +117,24 @@ def test_exact_paired_interval_by_hand():
     assert d == 0 and lo < 0 < hi and math.isclose(lo, -hi)
 
 
-def test_selection_prefers_the_best_budget_neutral_decoding():
-    rows = [dict(label='rcd', first_step=f, residual_temperature=t, accuracy=acc)
-            for f, t, acc in [('zero', 1.0, 0.5), ('zero', 1.0, 0.7), ('zero', 0.5, 0.7), ('zero', 0.5, 0.8),
-                              ('dirichlet', 1.0, 0.1), ('self', 1.0, 0.99)]]
-    rows.append(dict(label='baseline', first_step='zero', residual_temperature=1.0, accuracy=1.0))
-    chosen = [line for line in selection(rows, 'baseline').splitlines() if not line.startswith('#')]
-    assert chosen == ['rcd zero 0.5 0.7500']  # 'self' is better but costs an extra forward pass
+def record(label, split, threshold, accuracy, passes, items='1100', seed=1):
+    return dict(label=label, split=split, train_seed=seed, rule='threshold', tokens_per_step=None,
+                threshold=threshold, first_step='zero', residual_temperature=1.0, use_rcd=label != 'baseline',
+                accuracy=accuracy, mean_passes=passes, items=items, n=len(items), correct=items.count('1'))
+
+
+def test_frontier_chooses_each_budget_on_val_and_reads_test():
+    # val: threshold 0.9 is the best at <= 3 passes; 0.99 costs 4.2, so it only counts from budget 5 on
+    val = [record('rcd', 'val', 0.5, 0.10, 2.0), record('rcd', 'val', 0.9, 0.60, 2.9),
+           record('rcd', 'val', 0.99, 0.90, 4.2)]
+    # test: the better threshold on test at budget 3 (0.5 here) must not be what is reported
+    test = [record('rcd', 'test', 0.5, 0.75, 2.0, '1110'), record('rcd', 'test', 0.9, 0.50, 3.1, '1100'),
+            record('rcd', 'test', 0.99, 1.0, 4.4, '1111')]
+    points = frontier_points(test, val, [1, 3, 5])
+    assert set(points[('rcd', 1)]) == {3, 5}  # nothing fits a budget of 1 pass on val
+    assert points[('rcd', 1)][3]['threshold'] == 0.9 and points[('rcd', 1)][5]['threshold'] == 0.99
+    # paired against the baseline's own val choice on the same items: +0.25 at budget 3 (1100 vs 1000)
+    val += [record('baseline', 'val', 0.9, 0.5, 3.0)]
+    test += [record('baseline', 'test', 0.9, 0.25, 3.0, '1000')]
+    table = frontier_table(test, val, [3], 'baseline')
+    assert '| rcd | ≤ 3 | 25.0 (3.0) | 50.0 (3.1) | 1: 25.0 → 50.0, +25.0' in table

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import trainer
+import checkpoint
+import common
 from conftest import TINY, run_script
 
 
@@ -32,12 +33,12 @@ def test_training_lowers_the_loss_and_checkpoint_round_trips(tiny_reasoning, tmp
     train(tiny_reasoning, out, '--max_iters=30', '--eval_interval=30', '--learning_rate=3e-3')
     evals = [r for r in read_log(out) if 'val_loss' in r]
     assert evals[-1]['val_loss'] < evals[0]['val_loss'] - 0.3, evals
-    ckpt = trainer.load_checkpoint(os.path.join(out, 'ckpt.pt'))
+    ckpt = checkpoint.load_checkpoint(os.path.join(out, 'ckpt.pt'))
     assert ckpt['iter_num'] == 30 and ckpt['config']['max_iters'] == 30
-    model = trainer.build_model(ckpt['model_args'], ckpt['model']).eval()
+    model = checkpoint.build_model(ckpt['model_args'], ckpt['model']).eval()
     path = str(tmp_path / 'again.pt')
-    trainer.save_checkpoint(dict(ckpt, model=model.state_dict()), path)
-    again = trainer.build_model(ckpt['model_args'], trainer.load_checkpoint(path)['model']).eval()
+    checkpoint.save_checkpoint(dict(ckpt, model=model.state_dict()), path)
+    again = checkpoint.build_model(ckpt['model_args'], checkpoint.load_checkpoint(path)['model']).eval()
     x = torch.randint(0, ckpt['meta']['vocab_size'], (2, 64))
     assert torch.equal(model(x), again(x)) and torch.equal(model(x, x), again(x, x))
     assert not os.path.exists(path + '.tmp')
@@ -83,14 +84,14 @@ def test_resume_continues_with_identical_loss(tiny_reasoning, tmp_path):
     (['--n_embd=0'], 'n_embd=0 must be >= 1'),
     (['--n_layer=-1'], 'n_layer=-1 must be >= 1'),
     (['--block_size=0'], 'block_size=0 must be >= 1'),
-    (['--n_embd=30', '--n_head=4'], 'must split into n_head=4 heads of even size'),
+    (['--n_embd=30', '--n_head=4'], 'must split into n_head=4 even heads'),
     (['--dtype=float16'], "dtype='float16' is not supported"),
     (['--device=cuda:7'] if not __import__('torch').cuda.is_available() else ['--device=tpu'], 'device='),
     (['--init_from=latest'], "init_from='latest' must be 'scratch' or 'resume'"),
 ])
 def test_bad_input_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch, args, message):
     """In-process for speed: a clear error is a SystemExit carrying the message (anything else fails the test)."""
-    monkeypatch.chdir(trainer.ROOT)
+    monkeypatch.chdir(common.ROOT)
     monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
                                       f'--out_dir={tmp_path}', '--max_iters=1', *args])
     with pytest.raises(SystemExit) as e:
@@ -105,7 +106,7 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     for k, v in dict(RANK='2', LOCAL_RANK='2', WORLD_SIZE='4', LOCAL_WORLD_SIZE='4').items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SystemExit) as e:
-        trainer.setup_device('auto', 'auto')
+        common.setup_device('auto', 'auto')
     assert 'started 4 processes on this machine but it has 2 GPUs: use --nproc_per_node=2' in str(e.value)
 
 
@@ -117,11 +118,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
-    meta = trainer.load_dataset(tiny_reasoning)
+    meta = common.load_dataset(tiny_reasoning)
     with open(os.path.join(tiny_reasoning, 'test.pkl'), 'rb') as f:
         test = pickle.load(f)
-    batches = trainer.Batches(meta, meta['row_len'], 8, torch.device('cpu'))
-    x0, prompt = batches.get('train', np.random.default_rng(0))
+    batches = common.Batches(meta, meta['row_len'], 8, torch.device('cpu'))
+    x0, prompt, _ = batches.get('train', 0)
     itos = meta['itos']
     for row, p in zip(x0.tolist(), prompt.tolist()):
         text = ''.join(itos[i] for i in row)
@@ -144,12 +145,12 @@ def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
 def test_shakespeare_prepare(tmp_path):
     r = run_script('data/shakespeare_char/prepare.py')
     assert r.returncode == 0, r.stderr
-    meta = trainer.load_dataset('shakespeare_char')
-    batches = trainer.Batches(meta, 64, 4, torch.device('cpu'))
-    x0, prompt = batches.get('val', np.random.default_rng(0))
+    meta = common.load_dataset('shakespeare_char')
+    batches = common.Batches(meta, 64, 4, torch.device('cpu'))
+    x0, prompt, _ = batches.get('val', 0)
     assert x0.shape == (4, 64) and not prompt.any() and x0.max() < meta['eos_id']
     assert 'HAMLET' in ''.join(meta['itos'][i] for i in np.fromfile(
-        os.path.join(trainer.dataset_dir('shakespeare_char'), 'train.bin'), dtype=np.uint16)[:200])
+        os.path.join(common.dataset_dir('shakespeare_char'), 'train.bin'), dtype=np.uint16)[:200])
 
 
 def test_bpe_prepare_reads_local_files_and_fails_clearly_without_them(tmp_path):
@@ -163,7 +164,7 @@ def test_bpe_prepare_reads_local_files_and_fails_clearly_without_them(tmp_path):
     bpe.write_text(''.join(f'{base64.b64encode(bytes([i])).decode()} {i}\n' for i in range(256)))
     r = run_script('data/text_bpe/prepare.py', f'--input={corpus}', f'--bpe_path={bpe}', f'--out_dir={tmp_path}')
     assert r.returncode == 0, r.stderr
-    meta = trainer.load_dataset(str(tmp_path))
+    meta = common.load_dataset(str(tmp_path))
     assert (meta['eos_id'], meta['mask_id'], meta['vocab_size']) == (256, 257, 258)
     ids = np.fromfile(tmp_path / 'train.bin', dtype=np.uint16)
     from data.tokenizer import Tokenizer
