@@ -296,3 +296,57 @@ def test_missing_stage1_checkpoint_is_a_clear_error(tiny_reasoning, tmp_path, mo
                                                  str(tmp_path)))
     with pytest.raises(SystemExit, match="checkpoint '/no/such/ckpt.pt' not found"):
         runpy.run_path('train_stage2.py', run_name='__main__')
+
+
+def test_alpha_scale_by_hand():
+    # tokens 0 and 1, [MASK] = 2; E[0] = (1, 0), E[1] = (0, 1), E[MASK] = (5, 5)
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    logits = torch.zeros(1, 1, 3)  # p = (1/2, 1/2): the soft token is (1/2, 1/2) and α = log 2 / log 2 = 1
+    remasked = torch.ones(1, 1, dtype=torch.bool)
+    light = rcd.logits_residual(logits, emb, 2, remasked, 'entropy', scale=0.25)
+    assert torch.allclose(light, torch.tensor([[[-1.125, -1.125]]]))  # 0.25 · ((1/2, 1/2) − (5, 5))
+    capped = rcd.logits_residual(logits, emb, 2, remasked, 'entropy', scale=4.0)
+    assert torch.allclose(capped, torch.tensor([[[-4.5, -4.5]]]))  # α is capped at 1
+
+
+class FixedModel:
+    """A stand-in model whose predictions never change: position i's top token has probability conf[i], on a
+    token that is never the true one, so a committed position shows whether it took the true token."""
+
+    def __init__(self, conf, vocab=5, block_size=4):
+        self.cfg = ModelConfig(vocab_size=vocab, mask_id=vocab - 1, seq_len=len(conf), block_size=block_size,
+                               n_layer=1, n_head=1, n_embd=2)
+        probs = torch.full((len(conf), vocab), 0.0)
+        for i, c in enumerate(conf):
+            probs[i, :vocab - 1] = (1 - c) / (vocab - 2)
+            probs[i, 3] = c  # the true tokens below are 0, 1 or 2: token 3 is always wrong
+        self.logits, self.deltas = probs.clamp_min(1e-9).log(), []
+
+    def __call__(self, x_t, x0, delta):
+        self.deltas.append(delta.clone())
+        return self.logits.expand(len(x_t), -1, -1).clone()
+
+
+def test_rollout_commits_like_threshold_decoding_by_hand():
+    model = FixedModel([0.95, 0.5, 0.92, 0.3, 0.6, 0.7, 0.99, 0.2])
+    x0 = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1], [2, 2, 2, 2, 1, 1, 1, 1]])
+    calls = []
+
+    def residual(logits, remasked):
+        calls.append(remasked.clone())
+        return remasked[..., None].float().expand(-1, -1, 2)
+    x_t, masked, t, logits, remasked = rcd.rollout(model, x0, torch.zeros_like(x0, dtype=torch.bool),
+                                                   torch.tensor([2, 0]), torch.tensor([0.9, 0.9]), residual)
+    # row 0, step 1: 0.95, 0.92 and 0.99 reach 0.9 (positions 0, 2, 6); step 2: nothing left reaches it, so each
+    # block commits its most confident (positions 1 and 5). Committed positions take the true token, not token 3.
+    M = 4
+    assert x_t[0].tolist() == [0, 1, 2, M, M, 2, 0, M]
+    assert x_t[1].tolist() == [M] * 8  # no steps: a block's first step, all [MASK], no residual
+    assert masked[0].tolist() == [False, False, False, True, True, False, False, True]
+    assert t[0].tolist() == [0.25] * 4 + [0.5] * 4 and t[1].tolist() == [1.0] * 8
+    assert remasked[0].tolist() == masked[0].tolist() and not remasked[1].any()
+    assert torch.equal(logits[0], model.logits) and not logits[1].any()
+    # step 1 read no residual; step 2 read the residual of step 1's remasked positions
+    assert not calls[0].any() and not model.deltas[0].any()
+    assert calls[1][0].tolist() == [False, True, False, True, True, True, False, True]
+    assert model.deltas[1][0, :, 0].tolist() == calls[1][0].float().tolist()  # and the model read it

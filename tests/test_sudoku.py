@@ -138,3 +138,17 @@ def test_frontier_chooses_each_budget_on_val_and_reads_test():
     test += [record('baseline', 'test', 0.9, 0.25, 3.0, '1000')]
     table = frontier_table(test, val, [3], 'baseline')
     assert '| rcd | ≤ 3 | 25.0 (3.0) | 50.0 (3.1) | 1: 25.0 → 50.0, +25.0' in table
+
+
+def test_greedy_digging_leaves_no_removable_given():
+    rng = np.random.default_rng(0)
+    grids = np.array([sudoku.fill_grid(random.Random(i)) for i in range(8)])
+    puzzles = sudoku.dig_greedy(grids, rng)
+    assert ((sudoku.singles_solve(puzzles) == grids).all()) and (puzzles[puzzles != 0] == grids[puzzles != 0]).all()
+    assert (puzzles == 0).sum(1).mean() > 48  # more blanks than random digging can reach
+    for p in puzzles[:3]:  # maximal: blanking any one more given leaves a puzzle naked singles cannot finish
+        for i in np.flatnonzero(p):
+            trial = p.copy()
+            trial[i] = 0
+            assert (sudoku.singles_solve(trial[None]) == 0).any()
+    assert (sudoku.singles_rounds(puzzles) > sudoku.singles_rounds(sudoku.dig(grids, 44, rng))).mean() > 0.5
