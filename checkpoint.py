@@ -1,7 +1,7 @@
-"""
-Checkpoints: one file per run (out_dir/ckpt.pt) holding the weights, the optimizer, the model's arguments, the config
-and the dataset's meta, with a checksum of every tensor. A save never leaves a corrupt or non-finite checkpoint behind;
-a load verifies the checksum. Used by both training scripts and by everything that samples.
+""" Checkpoints: one file per run (out_dir/ckpt.pt) holding the weights, the optimizer, the model's
+arguments, the config and the dataset's meta, with a checksum of every tensor. A save never leaves a
+corrupt or non-finite checkpoint behind; a load verifies the checksum. Used by both training scripts
+and by everything that samples.
 """
 import hashlib
 import os
@@ -13,7 +13,8 @@ from model import BlockDiffusionLM, ModelConfig
 
 
 def checksum(obj):
-    """SHA-256 of every tensor in a (nested) checkpoint dict, with its place in it: what a load verifies."""
+    """SHA-256 of every tensor in a (nested) checkpoint dict, with its place in it: what a load
+    verifies."""
     h = hashlib.sha256()
 
     def walk(x, name):
@@ -31,8 +32,9 @@ def checksum(obj):
 
 
 def save_checkpoint(ckpt, path):
-    """Write to a temporary file, then rename: an interrupted save never leaves a corrupt checkpoint behind.
-    Non-finite weights are never written (a diverged run must not replace a good checkpoint)."""
+    """Write to a temporary file, then rename: an interrupted save never leaves a corrupt checkpoint
+    behind. Non-finite weights are never written (a diverged run must not replace a good
+    checkpoint)."""
     if not all(torch.isfinite(t).all() for t in ckpt['model'].values() if t.is_floating_point()):
         fail(f'the weights are no longer finite: {path} was not written')
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
@@ -42,7 +44,8 @@ def save_checkpoint(ckpt, path):
 
 
 def load_checkpoint(path):
-    """A checkpoint dict, its tensors verified against the checksum it was saved with; anything else is one line."""
+    """A checkpoint dict, its tensors verified against the checksum it was saved with; anything
+    else is one line."""
     if not os.path.isfile(path):
         fail(f"checkpoint '{path}' not found")
     try:
@@ -57,7 +60,8 @@ def load_checkpoint(path):
 
 
 def check_compatible(ckpt_a, ckpt_b, name_a, name_b, keys=('vocab_size', 'mask_id', 'block_size')):
-    """Models that hand residuals to each other must share the vocabulary, the [MASK] id and the block size."""
+    """Models that hand residuals to each other must share the vocabulary, the [MASK] id and the
+    block size."""
     a, b = ckpt_a['model_args'], ckpt_b['model_args']
     diffs = [f'{k} {a[k]} vs {b[k]}' for k in keys if a[k] != b[k]]
     if diffs:

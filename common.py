@@ -1,10 +1,11 @@
-"""
-What the two training scripts share, besides checkpoints: errors, the device (and torchrun), datasets and batches, the
-learning-rate schedule, and the run's log and progress. Each script keeps its own loop; these are its parts.
+""" What the two training scripts share, besides checkpoints: errors, the device (and torchrun),
+datasets and batches, the learning-rate schedule, and the run's log and progress. Each script keeps
+its own loop; these are its parts.
 
-Multi-GPU: run either script under `torchrun --standalone --nproc_per_node=N`. Each rank runs every N-th micro-batch
-of an iteration's grad_accum_steps (a multiple of N), so an iteration sees exactly the examples and noise a one-GPU
-run with the same grad_accum_steps sees; DDP averages the gradients; rank 0 alone logs and saves.
+Multi-GPU: run either script under `torchrun --standalone --nproc_per_node=N`. Each rank runs every
+N-th micro-batch of an iteration's grad_accum_steps (a multiple of N), so an iteration sees exactly
+the examples and noise a one-GPU run with the same grad_accum_steps sees; DDP averages the
+gradients; rank 0 alone logs and saves.
 """
 import json
 import math
@@ -30,7 +31,8 @@ def fail(msg):
 
 
 def check_train_config(c):
-    """The settings both stages share: a bad value is one clear line here, not a traceback from inside torch."""
+    """The settings both stages share: a bad value is one clear line here, not a traceback from
+    inside torch."""
     if c['loss_weighting'] not in ('elbo', 'mean'):
         fail(f"loss_weighting='{c['loss_weighting']}' must be 'elbo' or 'mean'")
     if not 0.0 <= c['mask_rate_min'] < c['mask_rate_max'] <= 1.0:
@@ -55,8 +57,9 @@ def world():
 
 
 def setup_device(device, dtype):
-    """'auto' picks CUDA when present. Returns (torch.device, autocast context): bf16 autocast on CUDA, none on
-    CPU. Under torchrun it joins the process group (NCCL on CUDA, gloo on CPU) on GPU number LOCAL_RANK."""
+    """'auto' picks CUDA when present. Returns (torch.device, autocast context): bf16 autocast on
+    CUDA, none on CPU. Under torchrun it joins the process group (NCCL on CUDA, gloo on CPU) on GPU
+    number LOCAL_RANK."""
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device.startswith('cuda') and not torch.cuda.is_available():
@@ -109,7 +112,8 @@ def leave(forward, n_proc):
 
 
 def peak_flops(device):
-    """Datasheet dense bf16 peak of the GPU (FLOP/s), or None where unknown (then no MFU is shown)."""
+    """Datasheet dense bf16 peak of the GPU (FLOP/s), or None where unknown (then no MFU is
+    shown)."""
     if device.type != 'cuda':
         return None
     name = torch.cuda.get_device_name(device)
@@ -120,7 +124,7 @@ def peak_flops(device):
     return None
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Data
 
 def dataset_dir(dataset):
@@ -151,9 +155,10 @@ def load_dataset(dataset):
 
 
 class Batches:
-    """Random training/validation sequences from data/<name>/{train,val}.bin (uint16, read through np.memmap).
-    Row datasets (meta has 'row_len') hold one example per row: a batch is a set of rows, and a row's prompt (up to
-    its first meta['prompt_sep_id']) is never noised. Other datasets are one token stream: random windows."""
+    """Random training/validation sequences from data/<name>/{train,val}.bin (uint16, read through
+    np.memmap). Row datasets (meta has 'row_len') hold one example per row: a batch is a set of
+    rows, and a row's prompt (up to its first meta['prompt_sep_id']) is never noised. Other datasets
+    are one token stream: random windows."""
 
     def __init__(self, meta, seq_len, batch_size, device):
         self.meta, self.seq_len, self.batch_size, self.device = meta, seq_len, batch_size, device
@@ -168,8 +173,9 @@ class Batches:
                      f"fewer than seq_len={seq_len} + 1")
 
     def get(self, split, seed):
-        """(x0, prompt_mask, generator): the examples and the noise generator of one micro-batch, both drawn from
-        `seed` alone, so a resumed run (or one on more GPUs) sees exactly the batches of an uninterrupted one."""
+        """(x0, prompt_mask, generator): the examples and the noise generator of one micro-batch,
+        both drawn from `seed` alone, so a resumed run (or one on more GPUs) sees exactly the
+        batches of an uninterrupted one."""
         rng = np.random.default_rng(seed)
         self.noise.manual_seed(seed)
         path = os.path.join(dataset_dir(self.meta['dataset']), f'{split}.bin')
@@ -191,7 +197,8 @@ class Batches:
 
 
 def micro_batch_seed(seed, iter_num, micro, grad_accum_steps):
-    """The seed of micro-batch `micro` of iteration `iter_num`: distinct for every (iteration, micro-batch)."""
+    """The seed of micro-batch `micro` of iteration `iter_num`: distinct for every (iteration,
+    micro-batch)."""
     return seed * 1_000_003 + iter_num * grad_accum_steps + micro
 
 
@@ -205,12 +212,13 @@ def lr_at(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The run's log (out_dir/log.jsonl) and progress on the terminal
 
 class RunLog:
-    """One JSON line per log/eval in out_dir/log.jsonl, and progress: a bar on a wide terminal, else plain lines
-    with `iter N/total`, the elapsed time and an estimate of the time left. Rank 0 alone writes."""
+    """One JSON line per log/eval in out_dir/log.jsonl, and progress: a bar on a wide terminal, else
+    plain lines with `iter N/total`, the elapsed time and an estimate of the time left. Rank 0 alone
+    writes."""
 
     def __init__(self, out_dir, start, max_iters, rank):
         self.path = os.path.join(out_dir, 'log.jsonl')
@@ -243,7 +251,8 @@ class RunLog:
         self.bar.update(1)
 
     def step(self, iter_num, line, record):
-        """A training log: the bar's postfix, or a plain line with the elapsed time and the time left."""
+        """A training log: the bar's postfix, or a plain line with the elapsed time and the time
+        left."""
         self.write(dict(iter=iter_num, **record))
         if not self.bar.disable:
             self.bar.set_postfix_str(line, refresh=False)
@@ -257,7 +266,8 @@ class RunLog:
 
 
 def run_summary(model, tokens_per_iter, device, n_proc, peak):
-    """The first line of a run: size, tokens per iteration, device (and why no MFU is shown, if it is not)."""
+    """The first line of a run: size, tokens per iteration, device (and why no MFU is shown, if
+    it is not)."""
     gpu = f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else ''
     procs = f' x {n_proc} processes' if n_proc > 1 else ''
     no_mfu = '' if peak else '; no MFU: the peak FLOP/s of this device is not known'

@@ -1,17 +1,19 @@
 """
 Residual Context Diffusion (RCD): what remasking throws away, kept as a residual for the next step.
 
-At a denoising step the model predicts a distribution p_i for every masked position i of the current block. The
-sampler commits a few of them; the rest are *remasked*. A plain sampler feeds [MASK] back at those positions, so the
-next step starts from nothing there. RCD feeds back what the model already computed (docs/method.md):
+At a denoising step the model predicts a distribution p_i for every masked position i of the current
+block. The sampler commits a few of them; the rest are *remasked*. A plain sampler feeds [MASK] back
+at those positions, so the next step starts from nothing there. RCD feeds back what the model
+already computed (docs/method.md):
 
-    soft token    r_i = Σ_v p_i(v) · E[v] = p_i E              (E: the model's own input embedding matrix)
-    weight        α_i = H(p_i) / log V                         (normalized entropy: 0 = certain, 1 = uniform)
-    next input    e_i = (1 − α_i) · E[MASK] + α_i · r_i         (instead of E[MASK])
+    soft token    r_i = Σ_v p_i(v) · E[v] = p_i E              (E: the model's own input embedding
+    matrix) weight        α_i = H(p_i) / log V                         (normalized entropy: 0 =
+    certain, 1 = uniform) next input    e_i = (1 − α_i) · E[MASK] + α_i · r_i         (instead of
+    E[MASK])
 
-A remasked position reads E[MASK] already, so the model is handed the change e_i − E[MASK] = α_i · (r_i − E[MASK])
-(model.forward's `delta`). Committed positions, and positions with no prediction yet, get no change.
-Pure functions of tensors, used by train_stage2.py and sample.py alike.
+A remasked position reads E[MASK] already, so the model is handed the change e_i − E[MASK] = α_i ·
+(r_i − E[MASK]) (model.forward's `delta`). Committed positions, and positions with no prediction
+yet, get no change. Pure functions of tensors, used by train_stage2.py and sample.py alike.
 """
 import math
 
@@ -21,24 +23,24 @@ ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')
 
 
 def residual_probs(logits, mask_id, temperature=1.0):
-    """p_i = softmax(logits_i / T) over the vocabulary without [MASK] (the model never predicts [MASK]).
-    Returned in float32: entropies of low-precision probabilities are noisy."""
+    """p_i = softmax(logits_i / T) over the vocabulary without [MASK] (the model never predicts
+    [MASK]). Returned in float32: entropies of low-precision probabilities are noisy."""
     logits = logits.float().clone()
     logits[..., mask_id] = float('-inf')
     return torch.softmax(logits / temperature, dim=-1)
 
 
 def soft_tokens(probs, embedding):
-    """r_i = Σ_v p_i(v)·E[v]: the probability-weighted average of the input embeddings. (..., V) -> (..., d)."""
+    """r_i = Σ_v p_i(v)·E[v]: the probability-weighted average of the input embeddings. (..., V)
+    -> (..., d)."""
     return probs.to(embedding.dtype) @ embedding
 
 
 def residual_weight(probs, mode, constant=0.5):
-    """The weight α_i of each position's residual, by `mode`:
-    'entropy'    α = H(p)/log V, V the tokens p can put mass on (all but [MASK]): the paper's choice;
-    'confidence' α = max_v p(v);
-    'constant'   α = constant;
-    'none'       α = 0: no residual at all, exactly the plain sampler (the baseline of every ablation)."""
+    """The weight α_i of each position's residual, by `mode`: 'entropy'    α = H(p)/log V, V the
+    tokens p can put mass on (all but [MASK]): the paper's choice; 'confidence' α = max_v p(v);
+    'constant'   α = constant; 'none'       α = 0: no residual at all, exactly the plain sampler
+    (the baseline of every ablation)."""
     if mode == 'entropy':
         support = probs.shape[-1] - 1  # [MASK] has probability 0
         return torch.special.entr(probs).sum(-1) / math.log(support)
@@ -52,22 +54,25 @@ def residual_weight(probs, mode, constant=0.5):
 
 
 def residual_inputs(probs, embedding, mask_id, alpha):
-    """The injected input embedding e = (1 − α)·E[MASK] + α·r at every position. (..., V) -> (..., d)."""
+    """The injected input embedding e = (1 − α)·E[MASK] + α·r at every position. (..., V) ->
+    (..., d)."""
     alpha = alpha[..., None].to(embedding.dtype)
     return (1 - alpha) * embedding[mask_id] + alpha * soft_tokens(probs, embedding)
 
 
 def residual_delta(probs, embedding, mask_id, remasked, alpha):
-    """e − E[MASK] at the `remasked` positions (bool: they stay [MASK] into the next step), 0 elsewhere."""
+    """e − E[MASK] at the `remasked` positions (bool: they stay [MASK] into the next step), 0
+    elsewhere."""
     delta = residual_inputs(probs, embedding, mask_id, alpha) - embedding[mask_id]
     return delta * remasked[..., None].to(delta.dtype)
 
 
 def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0, temperature=1.0):
-    """The residual (delta, (b, n, d)) of the distributions p = softmax(logits): what stage 2 and the sampler
-    inject. scale multiplies α (capped at 1): a lighter residual, as at a large vocabulary, where the same
-    uncertainty gives a smaller H(p)/log V. temperature is T_res (inference only, the paper's Alg. 2): α is read
-    from softmax(logits / T_res) while the soft token keeps the untempered p."""
+    """The residual (delta, (b, n, d)) of the distributions p = softmax(logits): what stage 2 and
+    the sampler inject. scale multiplies α (capped at 1): a lighter residual, as at a large
+    vocabulary, where the same uncertainty gives a smaller H(p)/log V. temperature is T_res
+    (inference only, the paper's Alg. 2): α is read from softmax(logits / T_res) while the soft
+    token keeps the untempered p."""
     probs = residual_probs(logits, mask_id)
     tempered = probs if temperature == 1.0 else residual_probs(logits, mask_id, temperature)
     alpha = (scale * residual_weight(tempered, mode, constant)).clamp(max=1.0)
@@ -75,28 +80,31 @@ def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, sc
 
 
 def dirichlet_logits(shape, mask_id, generator=None, device=None):
-    """Logits of p ~ Dirichlet(1, ..., 1) over the tokens: the non-informative first-step residual (the paper names
-    no concentration; 1 is uniform over the simplex). A Dirichlet(1) draw is Exp(1) draws normalized."""
+    """Logits of p ~ Dirichlet(1, ..., 1) over the tokens: the non-informative first-step residual
+    (the paper names no concentration; 1 is uniform over the simplex). A Dirichlet(1) draw is Exp(1)
+    draws normalized."""
     u = torch.rand(shape, generator=generator, device=device).clamp_min(1e-12)
     return torch.log(-torch.log(u))  # log of an Exp(1) draw; [MASK] is dropped by residual_probs
 
 
 def step_aligned(x_t, visible, mask_id, rate, generator=None):
-    """Stage 2's step-aligned reference input (not in the paper): x_t with each `visible` position also masked with
-    probability `rate`. At decoding time a residual comes from the previous step, which had not yet seen the
-    tokens that step then committed; this hands the reference that view."""
+    """Stage 2's step-aligned reference input (not in the paper): x_t with each `visible` position
+    also masked with probability `rate`. At decoding time a residual comes from the previous step,
+    which had not yet seen the tokens that step then committed; this hands the reference that
+    view."""
     extra = (torch.rand(x_t.shape, generator=generator, device=x_t.device) < rate) & visible
     return torch.where(extra, mask_id, x_t)
 
 
 @torch.no_grad()
 def rollout(model, x0, prompt_mask, n_steps, threshold, residual):
-    """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). Every block starts
-    all [MASK] (prompts kept) and row r takes n_steps[r] no-grad denoising steps of `model`, each fed the previous
-    step's residual: commit the masked positions whose top probability reaches threshold[r] (at least the most
-    confident one of each block) with their true tokens, and keep the rest's predictions for the next step.
-    residual(logits, remasked) -> delta builds a residual. Returns (x_t, masked, t, logits, remasked): the state
-    the next step reads, its masked positions, each block's masked fraction, and what its residual is built from."""
+    """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). Every
+    block starts all [MASK] (prompts kept) and row r takes n_steps[r] no-grad denoising steps of
+    `model`, each fed the previous step's residual: commit the masked positions whose top
+    probability reaches threshold[r] (at least the most confident one of each block) with their true
+    tokens, and keep the rest's predictions for the next step. residual(logits, remasked) -> delta
+    builds a residual. Returns (x_t, masked, t, logits, remasked): the state the next step reads,
+    its masked positions, each block's masked fraction, and what its residual is built from."""
     b, L = x0.shape
     B, mask_id = model.cfg.block_size, model.cfg.mask_id
     x_t = torch.where(prompt_mask, x0, mask_id)

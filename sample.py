@@ -1,22 +1,24 @@
 """
 Sample from a trained block-diffusion model, block by block.
 
-Each block starts as B copies of [MASK]. At every denoising step one forward pass over the block (attending to the
-KV cache of the prompt and finished blocks) predicts every masked position; the most confident predictions are
-committed, the rest go back to [MASK]. Commit rules: a fixed number of tokens per step (threshold=0), or every
-position whose top probability reaches `threshold` (at least one per step). A finished block is run once more to
-append its keys/values to the cache. Cost = forward passes per answer (denoising steps + cache fills + any pass
-that seeds a block's first step; the prompt's prefill is not counted).
+Each block starts as B copies of [MASK]. At every denoising step one forward pass over the block
+(attending to the KV cache of the prompt and finished blocks) predicts every masked position; the
+most confident predictions are committed, the rest go back to [MASK]. Commit rules: a fixed number
+of tokens per step (threshold=0), or every position whose top probability reaches `threshold` (at
+least one per step). A finished block is run once more to append its keys/values to the cache. Cost
+= forward passes per answer (denoising steps + cache fills + any pass that seeds a block's first
+step; the prompt's prefill is not counted).
 
-With --use_rcd=True the remasked positions do not go back to plain [MASK]: they carry a residual built from this
-step's predictions into the next step (rcd.py). It works on any checkpoint: a stage-2 RCD model was trained to read
-residuals; a stage-1 model was not (an ablation). --alpha_mode=none is exactly the plain sampler.
---first_step says what a block's first step reads, which has no previous step.
+With --use_rcd=True the remasked positions do not go back to plain [MASK]: they carry a residual
+built from this step's predictions into the next step (rcd.py). It works on any checkpoint: a
+stage-2 RCD model was trained to read residuals; a stage-1 model was not (an ablation).
+--alpha_mode=none is exactly the plain sampler. --first_step says what a block's first step reads,
+which has no previous step.
 
     python sample.py --ckpt=out/stage1/ckpt.pt --prompt='12+34-5=?\\n'
     python sample.py --ckpt=out/stage2/ckpt.pt --use_rcd=True --threshold=0.99
-On a dataset with answers (sudoku, reasoning) and no --prompt it samples the first test problems and says whether
-each answer is right. Accuracy over a sweep of decoding budgets: eval.py.
+On a dataset with answers (sudoku, reasoning) and no --prompt it samples the first test problems and
+says whether each answer is right. Accuracy over a sweep of decoding budgets: eval.py.
 """
 import functools
 import math
@@ -36,7 +38,7 @@ from rcd import ALPHA_MODES, dirichlet_logits, logits_residual, residual_probs
 
 FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')
 
-# ------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
 prompt = ''                  # text to continue ('\\n' is a newline); '' = the dataset's first test problems
 num_samples = 4
@@ -51,12 +53,13 @@ alpha_constant = 0.5         # α for alpha_mode='constant'
 alpha_scale = 1.0            # α is multiplied by this (capped at 1); use the value the model was trained with
 residual_temperature = 1.0   # T_res: with use_rcd, α is the entropy of softmax(logits / T_res) (paper Alg. 2)
 first_step = 'zero'          # with use_rcd, the residual of a block's first step: 'zero' (cold start), 'self' (one
-                             # extra pass of the model), 'reference' (one pass of reference_ckpt), 'dirichlet'
+                             # extra pass of the model), 'reference' (one pass of reference_ckpt),
+                             # 'dirichlet'
 reference_ckpt = ''          # the checkpoint of first_step='reference' (a stage-1 model)
 device = 'auto'
 dtype = 'auto'
 seed = 1337
-# ------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -88,14 +91,26 @@ class Decoding:
 
 
 def commit_counts(n_masked, tokens_per_step):
-    """Static rule: how many tokens each step commits, ceil(n / k) steps, the n spread as evenly as possible."""
+    """Static rule: how many tokens each step commits, ceil(n / k) steps, the n spread as evenly
+    as possible."""
     steps = math.ceil(n_masked / tokens_per_step)
     return [n_masked // steps + (s < n_masked % steps) for s in range(steps)]
 
 
+def predict(probs, masked, dec, generator):
+    """Each position's token (greedy, or sampled with temperature) and its probability, the confidence
+    (-1 where the position is not masked)."""
+    if dec.temperature > 0:
+        pred = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
+    else:
+        pred = probs.argmax(-1)
+    return pred, probs.gather(-1, pred[..., None]).squeeze(-1).masked_fill(~masked, -1.0)
+
+
 def commit_rule(conf, masked, dec, k):
-    """Which masked positions a step commits, from their confidences conf (b, B; -1 where not masked): every one
-    at or above the threshold and at least the most confident one, or (static rule) the k most confident."""
+    """Which masked positions a step commits, from their confidences conf (b, B; -1 where not
+    masked): every one at or above the threshold and at least the most confident one, or (static
+    rule) the k most confident."""
     if dec.threshold > 0:
         commit = conf >= dec.threshold
         rows = torch.arange(len(conf), device=conf.device)
@@ -109,19 +124,16 @@ def commit_rule(conf, masked, dec, k):
 @torch.no_grad()
 def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None, generator=None, use_cache=True,
              cuda_graph=True):
-    """Continue prompt_ids (b, p) by max_new_tokens, block by block, decoding as `dec` says. Blocks are aligned to
-    multiples of B from position 0, as in training, so the prompt's last partial block is completed in place. A
-    row stops after the block in which it commits eos_id. Returns (tokens (b, p + max_new_tokens), forward passes
-    per row (b,)). `reference`: the model of first_step='reference'. cuda_graph: on CUDA with the cache, each
-    model's one-block pass is a replayed CUDA graph (same tokens, faster)."""
+    """Continue prompt_ids (b, p) by max_new_tokens, block by block, decoding as `dec` says. Blocks
+    are aligned to multiples of B from position 0, as in training, so the prompt's last partial
+    block is completed in place. A row stops after the block in which it commits eos_id. Returns
+    (tokens (b, p + max_new_tokens), forward passes per row (b,)). `reference`: the model of
+    first_step='reference'. cuda_graph: on CUDA with the cache, each model's one-block pass is a
+    replayed CUDA graph (same tokens, faster)."""
     cfg, (b, p), dev = model.cfg, prompt_ids.shape, prompt_ids.device
     B, mask_id = cfg.block_size, cfg.mask_id
     end = -(-(p + max_new_tokens) // B) * B  # whole blocks
-    if max_new_tokens < 1 or end > cfg.seq_len:
-        raise ValueError(f'a prompt of {p} tokens and {max_new_tokens} new tokens must fit the context '
-                         f'(seq_len={cfg.seq_len}) with at least one new token')
-    if (dec.first_step == 'reference') != (reference is not None):
-        raise ValueError("first_step='reference', and only it, needs a reference model")
+    check_fits(p, max_new_tokens, end, cfg.seq_len, dec, reference)
     x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), dim=1)
     target = BlockRunner(model, x, use_cache, cuda_graph)
     runners = [target] + ([BlockRunner(reference, x, use_cache, cuda_graph)] if reference is not None else [])
@@ -133,8 +145,8 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
     for blk in range(p // B, end // B):
         s, e = blk * B, (blk + 1) * B
         schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), dec.tokens_per_step)
-        # RCD: the next step's residual is built from res_logits at the remasked positions; a block's first step
-        # has none, unless first_step seeds one
+        # RCD: the next step's residual is built from res_logits at the remasked positions; a
+        # block's first step has none, unless first_step seeds one
         masked = (x[:, s:e] == mask_id) & ~done[:, None]
         res_logits, remasked = None, masked
         if dec.use_rcd and dec.first_step == 'dirichlet':
@@ -154,12 +166,7 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
                                     dec.alpha_constant, dec.alpha_scale, dec.residual_temperature)
             logits = target(s, e, delta)
             passes += live
-            probs = probs_of(logits, mask_id, dec.temperature or 1.0)  # never predicts [MASK] itself
-            if dec.temperature > 0:
-                pred = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(b, B)
-            else:
-                pred = probs.argmax(-1)
-            conf = probs.gather(-1, pred[..., None]).squeeze(-1).masked_fill(~masked, -1.0)
+            pred, conf = predict(probs_of(logits, mask_id, dec.temperature or 1.0), masked, dec, generator)
             commit = commit_rule(conf, masked, dec, schedule[min(step, len(schedule) - 1)])
             if (live & ~commit.any(1)).any():  # a rule that commits nothing would loop forever
                 raise RuntimeError(f'a denoising step committed no token (block {blk}, step {step})')
@@ -177,12 +184,21 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
     return x[:, :p + max_new_tokens], passes
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# The machinery under generate: a model's pass on one block (KV cache, CUDA graph or full re-run), compiled helpers
+# --------------------------------------------------------------------------------------------------
+# The machinery under generate: a model's pass on one block (KV cache, CUDA graph or full re-run),
+# compiled helpers
+
+def check_fits(p, max_new_tokens, end, seq_len, dec, reference):
+    if max_new_tokens < 1 or end > seq_len:
+        raise ValueError(f'a prompt of {p} tokens and {max_new_tokens} new tokens must fit the context '
+                         f'(seq_len={seq_len}) with at least one new token')
+    if (dec.first_step == 'reference') != (reference is not None):
+        raise ValueError("first_step='reference', and only it, needs a reference model")
+
 
 class BlockRunner:
-    """One model's forward pass over one block [s, e) of the sequence x: against its KV cache (a replayed CUDA
-    graph on CUDA), or, without a cache, by re-running the whole prefix."""
+    """One model's forward pass over one block [s, e) of the sequence x: against its KV cache (a
+    replayed CUDA graph on CUDA), or, without a cache, by re-running the whole prefix."""
 
     def __init__(self, model, x, use_cache, cuda_graph):
         self.model, self.x = model, x
@@ -214,8 +230,8 @@ class BlockRunner:
 
 
 def step_functions(device):
-    """(token probabilities, RCD residual) of a step's logits; on CUDA compiled, so that their passes over the
-    (b, B, V) float32 probabilities fuse into a few kernels."""
+    """(token probabilities, RCD residual) of a step's logits; on CUDA compiled, so that their
+    passes over the (b, B, V) float32 probabilities fuse into a few kernels."""
     if device.type == 'cuda':
         return compiled(residual_probs), compiled(logits_residual)
     return residual_probs, logits_residual
@@ -227,10 +243,10 @@ def compiled(fn):
 
 
 def step_graph(model, cache, b):
-    """model's forward on one block against `cache`, captured once as a CUDA graph: a replay launches the whole
-    pass at once, where an eager pass is ~400 kernel launches and the host, not the GPU, bounds the sampler. The
-    cache's position lives on the device, so one graph serves every step of every block.
-    Returns replay(x_block, delta)."""
+    """model's forward on one block against `cache`, captured once as a CUDA graph: a replay
+    launches the whole pass at once, where an eager pass is ~400 kernel launches and the host, not
+    the GPU, bounds the sampler. The cache's position lives on the device, so one graph serves every
+    step of every block. Returns replay(x_block, delta)."""
     cfg = model.cfg
     x = torch.full((b, cfg.block_size), cfg.mask_id, dtype=torch.long, device=cache.start.device)
     delta = torch.zeros(b, cfg.block_size, cfg.n_embd, device=x.device)  # no residual = a zero residual
@@ -258,7 +274,8 @@ def step_graph(model, cache, b):
 
 
 def load_models(ckpt, reference_ckpt, dev):
-    """(model, meta, tokenizer, reference or None, training config) from a checkpoint (and a reference one)."""
+    """(model, meta, tokenizer, reference or None, training config) from a checkpoint (and a
+    reference one)."""
     state = load_checkpoint(ckpt)
     model = build_model(state['model_args'], state['model']).to(dev).eval()
     reference = None
@@ -278,7 +295,8 @@ def check_decoding(dec, reference_ckpt):
 
 
 def answer_of(text, prefix):
-    """The final answer: what follows the last `prefix` on its line ('' = the first line), or None."""
+    """The final answer: what follows the last `prefix` on its line ('' = the first line), or
+    None."""
     if not prefix:
         return text.split('\n')[0].strip()
     return text.rsplit(prefix, 1)[1].split('\n')[0].strip() if prefix in text else None

@@ -1,10 +1,10 @@
-"""
-Stage 1: train the ordinary block-diffusion model. Its checkpoint is stage 2's frozen reference model.
+""" Stage 1: train the ordinary block-diffusion model. Its checkpoint is stage 2's frozen reference
+model.
 
-    python train_stage1.py                                # the 4x4 Sudoku quick start: minutes on a CPU
-    python train_stage1.py config/sudoku_gpu.py           # 9x9 Sudoku on one GPU
-    python train_stage1.py config/shakespeare_char.py --max_iters=2000
-    python train_stage1.py --init_from=resume             # continue out_dir/ckpt.pt exactly
+    python train_stage1.py                                # the 4x4 Sudoku quick start: minutes on a
+    CPU python train_stage1.py config/sudoku_gpu.py           # 9x9 Sudoku on one GPU python
+    train_stage1.py config/shakespeare_char.py --max_iters=2000 python train_stage1.py
+    --init_from=resume             # continue out_dir/ckpt.pt exactly
 
 Reads top to bottom: config, device, data, model and optimizer, then the training loop.
 """
@@ -21,7 +21,7 @@ from checkpoint import build_model, load_checkpoint, save_checkpoint
 from configurator import configure
 from model import add_noise, loss_weights
 
-# ------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # config: override with config/*.py files and --key=value flags
 out_dir = 'out/stage1'
 init_from = 'scratch'        # 'scratch', or 'resume' from out_dir/ckpt.pt
@@ -64,7 +64,7 @@ config_keys = [k for k, v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 configure(globals(), config_keys, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}
-# ------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 if init_from not in ('scratch', 'resume'):
     common.fail(f"init_from='{init_from}' must be 'scratch' or 'resume'")
@@ -101,8 +101,8 @@ if n_proc > 1:
 
 
 def batch_loss(forward, split, batch_seed):
-    """Noise every block at its own rate, denoise all blocks in one pass against their clean prefixes, and score
-    the masked positions."""
+    """Noise every block at its own rate, denoise all blocks in one pass against their clean
+    prefixes, and score the masked positions."""
     x0, prompt_mask, gen = batches.get(split, batch_seed)
     x_t, masked, t = add_noise(x0, prompt_mask, block_size, meta['mask_id'], mask_rate_min, mask_rate_max, gen)
     return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
@@ -110,7 +110,8 @@ def batch_loss(forward, split, batch_seed):
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters fixed batches of each split (the same at every eval: comparable)."""
+    """Mean loss over eval_iters fixed batches of each split (the same at every eval:
+    comparable)."""
     model.eval()
     out = {}
     for split in ('train', 'val'):
@@ -123,7 +124,7 @@ def estimate_loss():
     return out
 
 
-# ------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the training loop
 iter_num = start = ckpt.get('iter_num', 0)
 best_val_loss = ckpt.get('best_val_loss', float('inf'))
