@@ -268,7 +268,7 @@ def draw(test_path, val_path, budgets):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     seeds = len({r['train_seed'] for r in rows})
-    ax.set_title(f"{rows[0]['dataset']}: accuracy-vs-passes frontier ({rows[0]['n']} test problems"
+    ax.set_title(f"accuracy-vs-passes frontier ({rows[0]['n']} test problems"
                  + (f' x {seeds} seeds' if seeds > 1 else '') + ', 95% CI)', fontsize=10)
     png = os.path.splitext(test_path)[0] + '.png'
     fig.tight_layout()

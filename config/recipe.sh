@@ -14,14 +14,14 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS, JOBS (processes at once) [12 gpu, 1 cpu], DATA (a prepared dataset directory), RUN_DIR. A step whose
+# ARMS, JOBS (processes at once) [8 gpu, 1 cpu], DATA (a prepared dataset directory), RUN_DIR. A step whose
 # output exists is skipped: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
 ARMS=${ARMS:-baseline rcd rcd_rollout rcd_rollout_light}
 THRESHOLDS=0.5,0.7,0.9,0.97,0.99,0.999,0.9999,0.99999
 case $MODE in
-  gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-12}; S2=(); N=(); T_RES=1.0,2.0
+  gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-8}; S2=(); N=(); T_RES=1.0,2.0
        S1=(config/sudoku_gpu.py --max_iters="${STAGE1_ITERS:-4000}" --lr_decay_iters="${STAGE1_ITERS:-4000}")
        K_VAL=8,16,32; K_TEST=1,8,16,32 ;;
   cpu) SEEDS=${SEEDS:-1}; ITERS=${STAGE2_ITERS:-40}; JOBS=${JOBS:-1}; N=(--n_problems=40 --batch_size=40)
