@@ -39,13 +39,21 @@ def save_checkpoint(ckpt, path):
         fail(f'the weights are no longer finite: {path} was not written')
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = path + '.tmp'
-    torch.save(dict(ckpt, checksum=checksum(ckpt)), tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(dict(ckpt, checksum=checksum(ckpt)), tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # disk full, no permission: torch reports some as RuntimeError
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        kept = f'the previous {path} is intact' if os.path.isfile(path) else f'{path} was not written'
+        fail(f'could not save the checkpoint ({str(e).splitlines()[0][:120]}); {kept}')
 
 
 def load_checkpoint(path):
     """A checkpoint dict, its tensors verified against the checksum it was saved with; anything
     else is one line."""
+    if os.path.isdir(path):
+        fail(f"checkpoint '{path}' is a directory: give the ckpt.pt file in it")
     if not os.path.isfile(path):
         fail(f"checkpoint '{path}' not found")
     try:

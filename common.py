@@ -7,11 +7,13 @@ N-th micro-batch of an iteration's grad_accum_steps (a multiple of N), so an ite
 the examples and noise a one-GPU run with the same grad_accum_steps sees; DDP averages the
 gradients; rank 0 alone logs and saves.
 """
+import atexit
 import json
 import math
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +45,10 @@ def check_train_config(c):
     for key, low in least.items():
         if c[key] < low:
             fail(f'{key}={c[key]} must be >= {low}')
+    if os.path.exists(c['out_dir']) and not os.path.isdir(c['out_dir']):
+        fail(f"out_dir='{c['out_dir']}' is a file, not a directory")
+    if c['lr_decay_iters'] < c['warmup_iters']:
+        fail(f"lr_decay_iters={c['lr_decay_iters']} must be >= warmup_iters={c['warmup_iters']}")
     if not c['learning_rate'] > 0 or not (0 <= c['beta1'] < 1 and 0 <= c['beta2'] < 1):
         fail('need learning_rate > 0 and 0 <= beta1, beta2 < 1')
     if not 0 <= c.get('dropout', 0.0) < 1:
@@ -223,8 +229,11 @@ class RunLog:
     def __init__(self, out_dir, start, max_iters, rank):
         self.path = os.path.join(out_dir, 'log.jsonl')
         self.start, self.max_iters, self.rank, self.t0 = start, max_iters, rank, time.perf_counter()
+        self.out_dir, self.iter_num, self.saved = out_dir, start, start
         if rank == 0:
             os.makedirs(out_dir, exist_ok=True)
+            self.lock()
+            signal.signal(signal.SIGINT, self.interrupted)
             stale = os.path.join(out_dir, 'ckpt.pt.tmp')  # left by a run killed mid-save; ckpt.pt is whole
             if os.path.isfile(stale):
                 os.remove(stale)
@@ -247,7 +256,33 @@ class RunLog:
         if self.rank == 0:
             tqdm.write(text)
 
-    def tick(self):
+    def lock(self):
+        """One training per out_dir: a lock file with our process id; a dead process's lock is taken over."""
+        path = os.path.join(self.out_dir, 'train.lock')
+        if os.path.isfile(path):
+            with open(path) as f:
+                pid = f.read().strip()
+            alive = pid.isdigit() and os.path.exists(f'/proc/{pid}') if os.path.isdir('/proc') else True
+            if alive and pid != str(os.getpid()):
+                fail(f'{self.out_dir} is in use by another training (process {pid}); if it is gone, '
+                     f'remove {path}')
+            print(f'note: taking over the stale lock of process {pid} in {self.out_dir}')
+        with open(path, 'w') as f:
+            f.write(str(os.getpid()))
+        atexit.register(lambda: os.path.isfile(path) and os.remove(path))
+
+    def interrupted(self, signum, frame):
+        """Ctrl-C: one line with where the run stopped and how to continue it, no traceback."""
+        self.bar.close()
+        ckpt = os.path.join(self.out_dir, 'ckpt.pt')
+        if self.saved > 0 and os.path.isfile(ckpt):
+            args = ' '.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
+            raise SystemExit(f'stopped at iteration {self.iter_num}; the last checkpoint is {ckpt} (iteration '
+                             f'{self.saved}). Continue with: python {sys.argv[0]} {args} --init_from=resume')
+        raise SystemExit(f'stopped at iteration {self.iter_num}, before the first checkpoint: nothing to resume')
+
+    def tick(self, iter_num):
+        self.iter_num = iter_num
         self.bar.update(1)
 
     def step(self, iter_num, line, record):

@@ -178,6 +178,8 @@ def estimate_loss():
 iter_num = start = ckpt.get('iter_num', 0)
 best_val_loss = ckpt.get('best_val_loss', float('inf'))
 log = common.RunLog(out_dir, start, max_iters, rank)
+if start >= max_iters and not eval_only:
+    log.say(f'note: the checkpoint is at iteration {start} and max_iters={max_iters}: nothing to train')
 tokens_per_iter = batch_size * grad_accum_steps * model.cfg.seq_len
 flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
 peak = common.peak_flops(device)
@@ -200,6 +202,7 @@ while True:
                 ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
                             best_val_loss=best_val_loss)
                 save_checkpoint(ckpt, ckpt_path)
+                log.saved = iter_num
                 log.say(f'saved {ckpt_path}')
         t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
     if iter_num >= max_iters:
@@ -218,7 +221,7 @@ while True:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
-    log.tick()
+    log.tick(iter_num)
     if iter_num % log_interval == 0:
         lossf = common.sum_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
         common.check_finite(dict(train=lossf), iter_num)

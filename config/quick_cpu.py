@@ -9,6 +9,6 @@ max_iters = 400
 lr_decay_iters = 400
 warmup_iters = 20
 learning_rate = 2e-3
-eval_interval = 200
+eval_interval = 50           # a checkpoint every 50 iterations: a stopped run can be resumed
 eval_iters = 5
 log_interval = 20

@@ -6,6 +6,7 @@ import runpy
 import sys
 
 import pytest
+import torch
 
 import checkpoint
 import common
@@ -79,3 +80,71 @@ def test_help_says_what_the_script_does_and_its_keys(script, monkeypatch, capsys
     out = capsys.readouterr().out
     assert e.value.code == 0 and 'config keys' in out and '--device=' in out
     assert len(out.split('config keys')[0].strip()) > 40  # the script's own description comes first
+
+
+def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path):
+    """Each row: a clear line and the right exit code, never a traceback, nothing lost."""
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    busy = tmp_path / 'busy'
+    busy.mkdir()
+    (busy / 'train.lock').write_text(str(os.getpid()))  # a live process (this test) holds it
+    stale = tmp_path / 'stale'
+    stale.mkdir()
+    (stale / 'train.lock').write_text('999999999')  # no such process
+    ckpt_dir = os.path.dirname(tiny_ckpt)
+    rows = [
+        (stage1_args(tiny_reasoning, a_file, '--max_iters=1'), 1, 'is a file, not a directory'),
+        (stage1_args(tiny_reasoning, busy, '--max_iters=1'), 1, 'in use by another training'),
+        (stage1_args(tiny_reasoning, stale, '--max_iters=1', '--eval_interval=1'), 0, 'taking over the stale lock'),
+        (stage1_args(tiny_reasoning, tmp_path / 'w', '--warmup_iters=5', '--lr_decay_iters=2'), 1,
+         'must be >= warmup_iters'),
+        (['sample.py', f'--ckpt={ckpt_dir}', '--device=cpu'], 1, 'is a directory: give the ckpt.pt file'),
+        (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=0'], 1, 'need num_samples >= 1'),
+        (['sample.py', f'--ckpt={tiny_ckpt}', '--device=tpu'], 1, "device='tpu'"),
+        (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=1', '--tokens_per_step=99'], 0,
+         'more than a block'),
+        (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--n_problems=-1'], 1, 'need n_problems >= 0'),
+        (['bench.py', '--sizes=nosuch'], 1, 'unknown size or section: nosuch'),
+    ]
+    for args, code, message in rows:
+        r = run_script(*map(str, args))
+        out = r.stdout + r.stderr
+        assert (r.returncode != 0) == bool(code) and message in out and 'Traceback' not in out, (args, out)
+    assert a_file.read_text() == 'x' and not (stale / 'train.lock').exists()  # nothing lost; lock released
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tiny_reasoning, tmp_path):
+    import signal
+    import subprocess
+    import time
+    out = tmp_path / 'run'
+    args = stage1_args(tiny_reasoning, out, '--max_iters=100000', '--lr_decay_iters=100000', '--eval_interval=2')
+    p = subprocess.Popen([sys.executable, *args], cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 120
+    while not (out / 'ckpt.pt').exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode != 0 and 'Traceback' not in stderr, stderr
+    assert 'the last checkpoint is' in stderr and '--init_from=resume' in stderr and 'stopped at iteration' in stderr
+    assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] >= 2 and not (out / 'train.lock').exists()
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / 'ckpt.pt')
+    ckpt = dict(model={'w': torch.ones(2)}, model_args={}, meta={})
+    checkpoint.save_checkpoint(ckpt, path)
+
+    def disk_full(obj, f):
+        open(f, 'wb').write(b'partial')
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 0 vs 1')
+    monkeypatch.setattr(checkpoint.torch, 'save', disk_full)
+    with pytest.raises(SystemExit) as e:
+        checkpoint.save_checkpoint(dict(ckpt, model={'w': torch.zeros(2)}), path)
+    assert 'could not save the checkpoint' in str(e.value) and 'is intact' in str(e.value)
+    assert not os.path.exists(path + '.tmp')
+    monkeypatch.undo()
+    assert torch.equal(checkpoint.load_checkpoint(path)['model']['w'], torch.ones(2))
