@@ -89,3 +89,51 @@ def test_block_size_one_is_autoregressive_decoding():
         logits[:, MASK] = float('-inf')
         x = torch.cat((x, logits.argmax(-1, keepdim=True)), dim=1)
     assert torch.equal(out, x) and passes.tolist() == [7, 7]
+
+
+class ScriptedModel(torch.nn.Module):
+    """A stand-in whose predictions are fixed per row: row r predicts token favourite[r] everywhere, with the
+    confidence rising along the block (so the static rule's order is known). It ignores the cache and residuals."""
+
+    def __init__(self, favourite, vocab=11, block_size=4, seq_len=16):
+        super().__init__()
+        self.cfg = ModelConfig(vocab_size=vocab, mask_id=vocab - 1, seq_len=seq_len, block_size=block_size,
+                               n_layer=1, n_head=1, n_embd=2)
+        self.wte = torch.nn.Embedding(vocab, 2)
+        self.favourite = torch.tensor(favourite)
+
+    def forward(self, x, x0=None, delta=None, cache=None):
+        logits = torch.zeros(*x.shape, self.cfg.vocab_size)
+        rise = torch.arange(x.shape[1], dtype=torch.float)[None, :] / 10
+        logits.scatter_(2, self.favourite[:, None, None].expand(-1, x.shape[1], 1),
+                        (3 + rise).expand(len(x), -1)[..., None])
+        return logits
+
+
+@pytest.mark.parametrize('use_cache', [True, False])
+def test_exact_pass_counts_with_eos_in_the_middle_of_a_batch(use_cache):
+    EOS = 9
+    model = ScriptedModel([EOS, 1, 2])  # row 0 writes eos in its first new block; rows 1 and 2 never do
+    prompt = torch.ones(3, 4, dtype=torch.long)  # one whole block: prefilled, not counted
+    out, passes = decode(model, prompt, 12, eos_id=EOS, tokens_per_step=2, use_cache=use_cache)
+    # row 0: block 1 in 2 steps (4 masks, 2 per step), then done: no cache fill. Rows 1, 2: 3 blocks of 2 steps,
+    # and with the cache one fill after each of the first two blocks (none after the last).
+    fills = 2 if use_cache else 0
+    assert passes.tolist() == [2, 6 + fills, 6 + fills]
+    assert (out[0, 4:8] == EOS).all() and (out[1, 4:] == 1).all() and (out[2, 4:] == 2).all()
+    _, passes = decode(model, prompt, 12, eos_id=EOS, threshold=0.5, use_cache=use_cache)
+    assert passes.tolist() == [1, 3 + fills, 3 + fills]  # every position is confident: one step a block
+
+
+@pytest.mark.parametrize('temperature,want', [(0.5, [0.36, 0.09, 0.01]), (2.0, [0.6 ** 0.5, 0.3 ** 0.5, 0.1 ** 0.5])])
+def test_sampling_temperature_on_a_known_distribution(temperature, want):
+    from sample import Decoding, predict, step_functions
+    probs_of = step_functions(torch.device('cpu'))[0]
+    logits = torch.tensor([0.6, 0.3, 0.1, 1e-30]).log().expand(20000, 1, 4)  # token 3 is [MASK]
+    probs = probs_of(logits, 3, temperature)
+    pred, conf = predict(probs, torch.ones(20000, 1, dtype=torch.bool), Decoding(temperature=temperature),
+                         torch.Generator().manual_seed(0))
+    freq = torch.bincount(pred.flatten(), minlength=4).float() / 20000
+    want = torch.tensor(want + [0.0]) / sum(want)  # p^(1/T), normalised
+    assert torch.allclose(freq, want, atol=0.01) and freq[3] == 0
+    assert torch.allclose(conf.flatten(), want[pred.flatten()])  # a committed token's confidence is its p

@@ -201,3 +201,38 @@ def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
     assert_same_losses(read_log(tmp_path / 'one2'), read_log(tmp_path / 'two2'))
     r = run_script(*torchrun, 'train_stage1.py', *stage1, '--grad_accum_steps=3', f'--out_dir={tmp_path / "two"}')
     assert r.returncode != 0 and (r.stdout + r.stderr).count('must be a multiple of the number of processes (2)') == 1
+
+
+def test_lr_schedule_by_hand():
+    lr = lambda it: common.lr_at(it, 1.0, 0.1, 4, 10)  # noqa: E731  warm-up 4, decay to 0.1 at 10
+    assert [lr(0), lr(3)] == [pytest.approx(0.2), pytest.approx(0.8)]  # (it + 1) / (warmup + 1)
+    assert lr(4) == pytest.approx(1.0) and lr(7) == pytest.approx(0.55)  # the cosine's top and middle
+    assert lr(10) == lr(500) == 0.1  # the floor is min_lr, not 0
+
+
+def test_micro_batch_seeds_are_distinct_and_never_an_eval_batch():
+    for seed in (1, 2, 3, 1337):
+        seeds = {common.micro_batch_seed(seed, i, m, 4) for i in range(2000) for m in range(4)}
+        assert len(seeds) == 8000 and not seeds & {common.EVAL_SEED + k for k in range(100)}
+    assert common.micro_batch_seed(1, 0, 1, 4) != common.micro_batch_seed(2, 0, 1, 4)
+
+
+def test_training_clips_with_grad_clip_and_the_loss_is_the_mean_over_micro_batches(tiny_reasoning, tmp_path,
+                                                                                      monkeypatch):
+    calls = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', lambda p, c: calls.append(c) or real_clip(p, c))
+    monkeypatch.chdir(common.ROOT)
+    monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
+                                      f'--out_dir={tmp_path}', '--max_iters=2', '--grad_clip=0.37',
+                                      '--grad_accum_steps=2', '--eval_interval=2'])
+    g = runpy.run_path('train_stage1.py', run_name='__main__')
+    assert calls == [0.37, 0.37]
+    # iteration 1's logged loss is the mean of iteration 0's two micro-batch losses, each on its own seed, at the
+    # initial weights (rebuilt from the same torch seed)
+    torch.manual_seed(1337)
+    model0 = checkpoint.build_model(g['ckpt']['model_args'])
+    with torch.no_grad():
+        want = sum(g['batch_loss'](model0, 'train', common.micro_batch_seed(1337, 0, m, 2)) for m in range(2)) / 2
+    log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    assert [r['loss'] for r in log if r['iter'] == 1 and 'loss' in r] == [pytest.approx(want.item(), rel=1e-5)]
