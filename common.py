@@ -226,10 +226,14 @@ class RunLog:
     plain lines with `iter N/total`, the elapsed time and an estimate of the time left. Rank 0 alone
     writes."""
 
-    def __init__(self, out_dir, start, max_iters, rank):
+    def __init__(self, out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device, n_proc):
         self.path = os.path.join(out_dir, 'log.jsonl')
         self.start, self.max_iters, self.rank, self.t0 = start, max_iters, rank, time.perf_counter()
         self.out_dir, self.iter_num, self.saved = out_dir, start, start
+        self.tokens_per_iter, self.flops_per_iter = tokens_per_iter, flops_per_iter
+        self.peak = peak_flops(device)
+        self.peak_all = self.peak * n_proc if self.peak else None
+        self.restart_clock(start)
         if rank == 0:
             os.makedirs(out_dir, exist_ok=True)
             self.lock()
@@ -285,16 +289,29 @@ class RunLog:
         self.iter_num = iter_num
         self.bar.update(1)
 
-    def step(self, iter_num, line, record):
-        """A training log: the bar's postfix, or a plain line with the elapsed time and the time
-        left."""
-        self.write(dict(iter=iter_num, **record))
+    def restart_clock(self, iter_num):
+        """Training time and loss are measured from here (after an eval: eval is not training time)."""
+        self.t_last, self.it_last = time.perf_counter(), iter_num
+
+    def train(self, iter_num, loss_total, lr):
+        """A training log: mean loss since the last one, tokens/s and MFU; the bar's postfix, or a plain line
+        with the elapsed time and the time left."""
+        n = iter_num - self.it_last
+        loss = loss_total.item() / n  # .item() waits for the GPU
+        check_finite(dict(train=loss), iter_num)
+        dt = (time.perf_counter() - self.t_last) / n
+        mfu = self.flops_per_iter / dt / self.peak_all if self.peak_all else None
+        self.write(dict(iter=iter_num, loss=loss, lr=lr, ms_per_iter=1000 * dt,
+                        tokens_per_s=self.tokens_per_iter / dt, mfu=mfu))
+        line = f'loss {loss:.4f} | {self.tokens_per_iter / dt:,.0f} tok/s'
+        line += (f' | MFU {100 * mfu:.1f}%' if mfu else '') + f' | lr {lr:.2e}'
         if not self.bar.disable:
             self.bar.set_postfix_str(line, refresh=False)
         elif self.rank == 0:
             elapsed = time.perf_counter() - self.t0
             left = elapsed / (iter_num - self.start) * (self.max_iters - iter_num)
             print(f'iter {iter_num}/{self.max_iters}: {line} | {elapsed:.0f}s, ~{left:.0f}s left', flush=True)
+        self.restart_clock(iter_num)
 
     def close(self):
         self.bar.close()
@@ -308,11 +325,6 @@ def run_summary(model, tokens_per_iter, device, n_proc, peak):
     no_mfu = '' if peak else '; no MFU: the peak FLOP/s of this device is not known'
     return (f'{model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens per iteration; '
             f'device {device}{gpu}{procs}{no_mfu}')
-
-
-def step_line(loss, tokens_per_s, mfu, lr):
-    mfu_text = f' | MFU {100 * mfu:.1f}%' if mfu else ''
-    return f'loss {loss:.4f} | {tokens_per_s:,.0f} tok/s{mfu_text} | lr {lr:.2e}'
 
 
 def check_finite(losses, iter_num):

@@ -310,9 +310,11 @@ def main():
     if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0
                            for rule, k, tau, T in settings):
         common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0')
-    os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
-    if not os.access(os.path.dirname(os.path.abspath(records)), os.W_OK):
-        common.fail(f'cannot write records to {records}: its directory is not writable')
+    try:  # before any scoring: a run must not end with results it cannot write
+        os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
+        open(records, 'a').close()
+    except OSError as e:
+        common.fail(f'cannot write records to {records} ({e.strerror})')
     torch.manual_seed(seed)
     dev, autocast = common.setup_device(device, dtype)
     model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)

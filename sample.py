@@ -41,7 +41,7 @@ FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')
 # --------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
 prompt = ''                  # text to continue ('\\n' is a newline); '' = the dataset's first test problems
-num_samples = 4
+num_samples = 8
 max_new_tokens = 0           # 0 = up to the model's context length
 tokens_per_step = 1          # static rule: tokens committed per denoising step (spread evenly over the block)
 threshold = 0.0              # > 0: threshold rule instead: commit every position with top probability >= it
@@ -327,6 +327,7 @@ def main():
     if not prompt and 'answer_prefix' in meta:  # a dataset with answers: the first few test problems
         with open(os.path.join(common.dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
             examples = pickle.load(f)[:num_samples]
+    n_right = 0
     for text, solution in examples:
         ids = torch.tensor([tok.encode(text)], dtype=torch.long, device=dev)
         if ids.shape[1] >= model.cfg.seq_len:
@@ -344,6 +345,9 @@ def main():
             answer = answer_of(solution, meta['answer_prefix'])
             right = is_right(answer_of(sample, meta['answer_prefix']), solution, meta['answer_prefix'])
             print(f"reference answer: {answer}  ({'right' if right else 'wrong'})")
+            n_right += right
+    if examples[0][1] is not None:
+        print(f'{n_right} of {len(examples)} test problems right ({rule})')
 
 
 if __name__ == '__main__':

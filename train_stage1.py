@@ -11,7 +11,6 @@ Reads top to bottom: config, device, data, model and optimizer, then the trainin
 import math
 import os
 import sys
-import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -128,14 +127,13 @@ def estimate_loss():
 # the training loop
 iter_num = start = ckpt.get('iter_num', 0)
 best_val_loss = ckpt.get('best_val_loss', float('inf'))
-log = common.RunLog(out_dir, start, max_iters, rank)
-if start >= max_iters and not eval_only:
-    log.say(f'note: the checkpoint is at iteration {start} and max_iters={max_iters}: nothing to train')
 tokens_per_iter = batch_size * grad_accum_steps * seq_len
 flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
-peak = common.peak_flops(device)
-log.say(common.run_summary(model, tokens_per_iter, device, n_proc, peak))
-t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+log = common.RunLog(out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device, n_proc)
+log.say(common.run_summary(model, tokens_per_iter, device, n_proc, log.peak))
+if start >= max_iters and not eval_only:
+    log.say(f'note: the run starts at iteration {start} and max_iters={max_iters}: nothing to train')
+loss_sum = torch.zeros((), device=device)
 while True:
     lr = common.lr_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
     for group in optimizer.param_groups:
@@ -155,7 +153,8 @@ while True:
                 save_checkpoint(ckpt, ckpt_path)
                 log.saved = iter_num
                 log.say(f'saved {ckpt_path}')
-        t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+        log.restart_clock(iter_num)  # eval is not training time
+        loss_sum = torch.zeros((), device=device)
     if iter_num >= max_iters:
         break
     my_micros = range(rank, grad_accum_steps, n_proc)  # this rank's share of the micro-batches
@@ -174,12 +173,7 @@ while True:
     iter_num += 1
     log.tick(iter_num)
     if iter_num % log_interval == 0:
-        lossf = common.sum_over_ranks(loss_sum).item() / (iter_num - it_last)  # .item() waits for the GPU
-        common.check_finite(dict(train=lossf), iter_num)
-        dt = (time.perf_counter() - t_last) / (iter_num - it_last)
-        mfu = flops_per_iter / dt / (peak * n_proc) if peak else None
-        log.step(iter_num, common.step_line(lossf, tokens_per_iter / dt, mfu, lr),
-                 dict(loss=lossf, lr=lr, ms_per_iter=1000 * dt, tokens_per_s=tokens_per_iter / dt, mfu=mfu))
-        t_last, it_last, loss_sum = time.perf_counter(), iter_num, torch.zeros((), device=device)
+        log.train(iter_num, common.sum_over_ranks(loss_sum), lr)  # loss, tokens/s, MFU
+        loss_sum = torch.zeros((), device=device)
 log.close()
 common.leave(forward, n_proc)

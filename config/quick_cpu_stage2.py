@@ -1,13 +1,14 @@
 # Stage 2 after the CPU quick start (config/quick_cpu.py): a couple of minutes on 2 CPU cores.
 out_dir = 'out/quick_cpu_stage2'
+dataset = 'sudoku4'
 init_from = 'out/quick_cpu/ckpt.pt'
 reference_ckpt = 'out/quick_cpu/ckpt.pt'
 device = 'cpu'
-batch_size = 32
+batch_size = 64
 max_iters = 150
 lr_decay_iters = 150
 warmup_iters = 10
 learning_rate = 1e-3
-eval_interval = 75
+eval_interval = 50
 eval_iters = 5
-log_interval = 15
+log_interval = 25

@@ -69,3 +69,13 @@ def decode(model, prompt, max_new_tokens, eos_id=None, reference=None, generator
         settings.update(use_rcd=True, alpha_mode=alpha_mode)
     return generate(model, prompt, max_new_tokens, Decoding(**settings), eos_id, reference, generator, use_cache,
                     cuda_graph)
+
+
+# files in this order: fast unit checks first, so that `pytest -x` stops early on a bug; end-to-end scripts last
+ORDER = ['test_model', 'test_rcd', 'test_sample', 'test_sudoku', 'test_train', 'test_robust', 'test_eval',
+         'test_gpu']
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(ORDER)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(ORDER)))

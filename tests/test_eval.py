@@ -94,3 +94,23 @@ def test_bench_smoke_runs_on_cpu(tmp_path):
     passes = {(r['kv_cache'], r['tokens_per_step']): r['forward_passes'] for r in rows
               if r['what'] == 'sample' and r['method'] == 'baseline' and r['batch'] == 1}
     assert passes['none', 1] == 16 and passes['eager', 1] == 17  # 2 blocks of 8: 16 steps, + 1 cache fill with the cache
+
+
+def test_split_val_scores_the_val_file(tiny_reasoning, tiny_ckpt, tmp_path):
+    import pickle
+    import shutil
+
+    import checkpoint
+    data = tmp_path / 'data'
+    shutil.copytree(tiny_reasoning, data)
+    with open(data / 'test.pkl', 'rb') as f:
+        test = pickle.load(f)
+    with open(data / 'val.pkl', 'wb') as f:  # a val split of 7 problems whose reference answers no model gives
+        pickle.dump([(q, a.replace('####', '#### 99999 ####')) for q, a in test[:7]], f)
+    ckpt = checkpoint.load_checkpoint(tiny_ckpt)
+    ckpt['meta']['dataset'] = str(data)
+    path = str(tmp_path / 'ckpt.pt')
+    checkpoint.save_checkpoint(ckpt, path)
+    val, test_rows = (sweep(path, str(tmp_path / f'{s}.jsonl'), f'--split={s}', '--n_problems=0') for s in ('val', 'test'))
+    assert {(r['split'], r['n'], r['correct']) for r in val} == {('val', 7, 0)}
+    assert {(r['split'], r['n']) for r in test_rows} == {('test', len(test))}

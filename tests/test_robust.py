@@ -93,6 +93,7 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path):
     stale.mkdir()
     (stale / 'train.lock').write_text('999999999')  # no such process
     ckpt_dir = os.path.dirname(tiny_ckpt)
+    (tmp_path / 'other.jsonl').write_text('{"a": 1}\n')
     rows = [
         (stage1_args(tiny_reasoning, a_file, '--max_iters=1'), 1, 'is a file, not a directory'),
         (stage1_args(tiny_reasoning, busy, '--max_iters=1'), 1, 'in use by another training'),
@@ -106,6 +107,15 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path):
          'more than a block'),
         (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--n_problems=-1'], 1, 'need n_problems >= 0'),
         (['bench.py', '--sizes=nosuch'], 1, 'unknown size or section: nosuch'),
+        (['bench.py', '--sections=bogus'], 1, 'unknown size or section: bogus'),
+        (['data/sudoku/prepare.py', f'--out_dir={a_file}'], 2, 'is a file, not a directory'),
+        (['data/reasoning/prepare.py', f'--out_dir={a_file}'], 2, 'is a file, not a directory'),
+        (['data/sudoku4/prepare.py', f'--out_dir={a_file}'], 2, 'is a file, not a directory'),
+        (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', f'--records={a_file}/r.jsonl'], 1, 'cannot write records'),
+        (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--batch_size=0'], 1, 'batch_size >= 1'),
+        (['eval.py', f'--compare={a_file}'], 1, 'line 1: not a JSON record'),
+        (['eval.py', f'--compare={tmp_path / "other.jsonl"}'], 1, 'not an eval.py record'),
+        (stage1_args(tiny_reasoning, tmp_path / 'zero', '--max_iters=0'), 0, 'nothing to train'),
     ]
     for args, code, message in rows:
         r = run_script(*map(str, args))

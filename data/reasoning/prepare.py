@@ -59,6 +59,8 @@ def main():
     ap.add_argument('--seed', type=int, default=1337)
     ap.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
     args = ap.parse_args()
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        ap.error(f'--out_dir={args.out_dir} is a file, not a directory')
     if not (args.digits >= 1 and 2 <= args.min_terms <= args.max_terms):
         ap.error('need --digits >= 1 and 2 <= --min_terms <= --max_terms')
 

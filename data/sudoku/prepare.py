@@ -19,7 +19,7 @@ cell at a time while naked singles still solve it (about 55 blanks, long chains 
 --seed; a few seconds (greedy: a minute or two).
 
     python data/sudoku/prepare.py [--n_blanks=44 --n_train=100000 --n_val=1000 --n_test=1000 --seed=1337]
-    python data/sudoku/prepare.py --dig=greedy --n_train=150000 --out_dir=data/sudoku_hard
+    python data/sudoku/prepare.py --dig=greedy --n_train=100000 --out_dir=data/sudoku_hard
 """
 import argparse
 import os
@@ -168,6 +168,8 @@ def main():
     ap.add_argument('--seed', type=int, default=1337)
     ap.add_argument('--out_dir', default=os.path.dirname(os.path.abspath(__file__)))
     args = ap.parse_args()
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        ap.error(f'--out_dir={args.out_dir} is a file, not a directory')
     if not 1 <= args.n_blanks <= 64 or min(args.n_train, args.n_val, args.n_test, args.n_train_grids) < 1:
         ap.error('need 1 <= --n_blanks <= 64 and at least one grid and puzzle per split')
 
