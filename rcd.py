@@ -6,14 +6,14 @@ block. The sampler commits a few of them; the rest are *remasked*. A plain sampl
 at those positions, so the next step starts from nothing there. RCD feeds back what the model
 already computed (docs/method.md):
 
-    soft token    r_i = Σ_v p_i(v) · E[v] = p_i E              (E: the model's own input embedding
-    matrix) weight        α_i = H(p_i) / log V                         (normalized entropy: 0 =
-    certain, 1 = uniform) next input    e_i = (1 − α_i) · E[MASK] + α_i · r_i         (instead of
-    E[MASK])
+    soft token   r_i = Σ_v p_i(v) · E[v] = p_i E        (E: the model's own input embeddings)
+    weight       α_i = H(p_i) / log V                   (normalized entropy: 0 certain, 1 uniform)
+    next input   e_i = (1 − α_i) · E[MASK] + α_i · r_i   (instead of E[MASK])
 
-A remasked position reads E[MASK] already, so the model is handed the change e_i − E[MASK] = α_i ·
-(r_i − E[MASK]) (model.forward's `delta`). Committed positions, and positions with no prediction
-yet, get no change. Pure functions of tensors, used by train_stage2.py and sample.py alike.
+A remasked position reads E[MASK] already, so the model is handed the change
+e_i − E[MASK] = α_i · (r_i − E[MASK]) (model.forward's `delta`). Committed positions, and positions
+with no prediction yet, get no change. Pure functions of tensors, used by train_stage2.py and
+sample.py alike.
 """
 import math
 
@@ -67,7 +67,8 @@ def residual_delta(probs, embedding, mask_id, remasked, alpha):
     return delta * remasked[..., None].to(delta.dtype)
 
 
-def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0, temperature=1.0):
+def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0,
+                    temperature=1.0):
     """The residual (delta, (b, n, d)) of the distributions p = softmax(logits): what stage 2 and
     the sampler inject. scale multiplies α (capped at 1): a lighter residual, as at a large
     vocabulary, where the same uncertainty gives a smaller H(p)/log V. temperature is T_res
@@ -113,7 +114,8 @@ def rollout(model, x0, prompt_mask, n_steps, threshold, residual):
     for step in range(int(n_steps.max())):
         masked = x_t == mask_id
         new_logits = model(x_t, x0, residual(logits, remasked)).float()
-        conf = residual_probs(new_logits, mask_id).amax(-1).masked_fill(~masked, -1.0).view(b, L // B, B)
+        conf = residual_probs(new_logits, mask_id).amax(-1).masked_fill(~masked, -1.0)
+        conf = conf.view(b, L // B, B)
         commit = (conf >= threshold[:, None, None]) | (conf == conf.amax(-1, keepdim=True))
         moving = (step < n_steps)[:, None]
         commit = commit.view(b, L) & masked & moving

@@ -24,7 +24,7 @@ from model import add_noise, loss_weights
 # config: override with config/*.py files and --key=value flags
 out_dir = 'out/stage1'
 init_from = 'scratch'        # 'scratch', or 'resume' from out_dir/ckpt.pt
-dataset = 'reasoning'        # data/<dataset>/; prepared on first use where its prepare.py needs no arguments
+dataset = 'reasoning'        # data/<dataset>/ (prepared on first use), or a prepared directory
 # model
 n_layer = 6
 n_head = 6
@@ -33,9 +33,9 @@ dropout = 0.0
 seq_len = 96                 # L, the context; for row datasets it must equal the rows' length
 block_size = 8               # B, the diffusion block; must divide seq_len
 # noise and loss
-mask_rate_min = 0.0          # each block's masking rate t is uniform in (mask_rate_min, mask_rate_max]
+mask_rate_min = 0.0          # a block's masking rate t: uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
-loss_weighting = 'elbo'      # 'elbo' (1/t-weighted, per token) or 'mean' (mean over masked positions)
+loss_weighting = 'elbo'      # 'elbo' (1/t-weighted, per token) or 'mean' (over masked positions)
 # optimization
 batch_size = 256
 grad_accum_steps = 1
@@ -57,7 +57,7 @@ eval_only = False            # measure train/val loss once and exit: no training
 # system
 device = 'auto'              # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = 'auto'               # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bfloat16', 'float32'
-compile = True               # torch.compile the model on CUDA (FlexAttention is fused only when compiled)
+compile = True               # torch.compile on CUDA (FlexAttention is fused only when compiled)
 seed = 1337
 config_keys = [k for k, v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
@@ -83,10 +83,11 @@ if init_from == 'resume':
     print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
 else:
     if os.path.isfile(ckpt_path) and not eval_only:
-        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with --init_from=resume, '
-                    f'or train into a fresh --out_dir')
+        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with '
+                    f'--init_from=resume, or train into a fresh --out_dir')
     model_args = dict(vocab_size=meta['vocab_size'], mask_id=meta['mask_id'], seq_len=seq_len,
-                      block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout)
+                      block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                      dropout=dropout)
     ckpt = dict(model_args=model_args, model=None)
 model = build_model(ckpt['model_args'], ckpt['model']).to(device)
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
@@ -103,7 +104,8 @@ def batch_loss(forward, split, batch_seed):
     """Noise every block at its own rate, denoise all blocks in one pass against their clean
     prefixes, and score the masked positions."""
     x0, prompt_mask, gen = batches.get(split, batch_seed)
-    x_t, masked, t = add_noise(x0, prompt_mask, block_size, meta['mask_id'], mask_rate_min, mask_rate_max, gen)
+    x_t, masked, t = add_noise(x0, prompt_mask, block_size, meta['mask_id'], mask_rate_min,
+                               mask_rate_max, gen)
     return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
 
 
@@ -129,10 +131,11 @@ iter_num = start = ckpt.get('iter_num', 0)
 best_val_loss = ckpt.get('best_val_loss', float('inf'))
 tokens_per_iter = batch_size * grad_accum_steps * seq_len
 flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
-log = common.RunLog(out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device, n_proc)
+log = common.RunLog(out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device,
+                    n_proc)
 log.say(common.run_summary(model, tokens_per_iter, device, n_proc, log.peak))
 if start >= max_iters and not eval_only:
-    log.say(f'note: the run starts at iteration {start} and max_iters={max_iters}: nothing to train')
+    log.say(f'note: the run starts at iteration {start}, max_iters={max_iters}: nothing to train')
 loss_sum = torch.zeros((), device=device)
 while True:
     lr = common.lr_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
@@ -148,8 +151,8 @@ while True:
         if iter_num > start and (losses['val'] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses['val'])
             if rank == 0:
-                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
-                            best_val_loss=best_val_loss)
+                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            iter_num=iter_num, best_val_loss=best_val_loss)
                 save_checkpoint(ckpt, ckpt_path)
                 log.saved = iter_num
                 log.say(f'saved {ckpt_path}')
@@ -162,8 +165,8 @@ while True:
         if n_proc > 1:  # all-reduce the gradients once, after the last micro-batch
             forward.require_backward_grad_sync = micro == my_micros[-1]
         with autocast:
-            loss = batch_loss(forward, 'train', common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps))
-            loss = loss / (grad_accum_steps // n_proc)
+            batch_seed = common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps)
+            loss = batch_loss(forward, 'train', batch_seed) / (grad_accum_steps // n_proc)
         loss.backward()
         loss_sum += loss.detach() / n_proc
     if grad_clip > 0:

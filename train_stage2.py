@@ -1,19 +1,19 @@
 """
 Stage 2: convert a stage-1 model into an RCD model.
 
-The *reference* model (a stage-1 checkpoint, frozen: eval mode, no gradients, may be smaller than the target) plays
-the part of "the previous denoising step": for each batch it reads the noised x_t and predicts every masked
-position. Those predictions become residual inputs (rcd.py), and the *target* model (initialised from a stage-1
-checkpoint) learns to denoise x_t with them, with stage 1's masked-diffusion loss. The residuals come from a frozen
-model, so no gradient flows through a chain of denoising steps: one extra forward pass, no backpropagation through
-time. With rollout_steps > 0 the states and residuals come instead from a short no-grad rollout of the target itself
-under the threshold commit rule, as decoding makes them (rcd.rollout).
+The *reference* model (a stage-1 checkpoint, frozen: eval mode, no gradients, may be smaller than
+the target) plays the part of "the previous denoising step": for each batch it reads the noised x_t
+and predicts every masked position. Those predictions become residual inputs (rcd.py), and the
+*target* model (initialised from a stage-1 checkpoint) learns to denoise x_t with them, with stage
+1's masked-diffusion loss. The reference is frozen, so no gradient flows through a chain of
+denoising steps. With rollout_steps > 0 the states and residuals come instead from a short no-grad
+rollout of the target itself under the threshold commit rule, as decoding makes them (rcd.rollout).
 
-    python train_stage2.py                                 # from out/stage1/ckpt.pt (reference = target init)
-    python train_stage2.py config/quick_cpu_stage2.py      # after the CPU quick start
-    python train_stage2.py --init_from=resume              # continue out_dir/ckpt.pt exactly
+    python train_stage2.py                              # from out/stage1/ckpt.pt (reference = init)
+    python train_stage2.py config/quick_cpu_stage2.py   # after the CPU quick start
+    python train_stage2.py --init_from=resume           # continue out_dir/ckpt.pt exactly
 
-Reads top to bottom: config, device, data, models and optimizer, one RCD training step, then the training loop.
+Reads top to bottom: config, device, data, models and optimizer, one RCD training step, the loop.
 """
 import os
 import sys
@@ -27,27 +27,28 @@ from checkpoint import build_model, check_compatible, load_checkpoint, save_chec
 from configurator import configure
 from model import add_noise, loss_weights
 
-# ------------------------------------------------------------------------------------------------------------------
-# config: the target's architecture comes from its stage-1 checkpoint; override with config/*.py and --key=value
+# ------------------------------------------------------------------------------------------------
+# config: the target's architecture comes from its stage-1 checkpoint; override with config files
+# and --key=value
 out_dir = 'out/stage2'
 init_from = 'out/stage1/ckpt.pt'       # a stage-1 checkpoint to start the target from, or 'resume'
-reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model that produces the residuals, or 'self': the
-                                       # target's own current predictions (no gradient through them)
+reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model that produces the residuals, or
+                                       # 'self': the target's own predictions (no gradient)
 dataset = 'reasoning'
 # residuals
-alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant', 'none' (no residual: continued stage 1)
+alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant', 'none' (no residual)
 alpha_constant = 0.5         # α for alpha_mode='constant'
 alpha_scale = 1.0            # α is multiplied by this (capped at 1): < 1 is a lighter residual
-residual_fraction = 0.5      # share of rows trained with residuals; the others see plain [MASK], as a block's
-                             # first step does (the paper: 1.0; measured worse here, see README)
-reference_extra_mask = 0.0   # step-aligned reference: it reads x_t with each visible token also masked with this
-                             # probability, as the previous denoising step did (0 = the paper: the same x_t)
-rollout_steps = 0            # > 0: the residual rows take their states and residuals from 0..rollout_steps no-grad
-                             # threshold-decoding steps of the target itself (thresholds 0.9 to 0.9999)
+residual_fraction = 0.5      # share of rows trained with residuals; the others see plain [MASK],
+                             # as a block's first step does (the paper: 1.0; worse here, see README)
+reference_extra_mask = 0.0   # step-aligned reference: it reads x_t with each visible token also
+                             # masked with this probability (0 = the paper: the same x_t)
+rollout_steps = 0            # > 0: residual rows take state and residual from 0..rollout_steps
+                             # no-grad threshold-decoding steps of the target (docs/method.md)
 # noise and loss (as stage 1)
-mask_rate_min = 0.0          # each block's masking rate t is uniform in (mask_rate_min, mask_rate_max]
+mask_rate_min = 0.0          # a block's masking rate t: uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
-loss_weighting = 'elbo'      # 'elbo' (1/t-weighted, per token) or 'mean' (mean over masked positions)
+loss_weighting = 'elbo'      # 'elbo' (1/t-weighted, per token) or 'mean' (over masked positions)
 # optimization
 batch_size = 256
 grad_accum_steps = 1
@@ -69,13 +70,13 @@ eval_only = False            # measure train/val loss at the initial weights and
 # system
 device = 'auto'              # 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...
 dtype = 'auto'               # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bfloat16', 'float32'
-compile = True               # torch.compile the model on CUDA (FlexAttention is fused only when compiled)
+compile = True               # torch.compile on CUDA (FlexAttention is fused only when compiled)
 seed = 1337
 config_keys = [k for k, v in globals().items()
                if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 configure(globals(), config_keys, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}
-# ------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 common.check_train_config(config)
 if alpha_mode not in rcd.ALPHA_MODES:
@@ -83,7 +84,7 @@ if alpha_mode not in rcd.ALPHA_MODES:
 if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= reference_extra_mask < 1.0):
     common.fail('need 0 <= residual_fraction <= 1 and 0 <= reference_extra_mask < 1')
 if rollout_steps < 0 or alpha_scale < 0:
-    common.fail(f'need rollout_steps >= 0 and alpha_scale >= 0 (got {rollout_steps}, {alpha_scale})')
+    common.fail(f'need rollout_steps, alpha_scale >= 0 (got {rollout_steps}, {alpha_scale})')
 torch.manual_seed(seed)
 device, autocast = common.setup_device(device, dtype)
 rank, n_proc = common.world()
@@ -96,10 +97,10 @@ if init_from == 'resume':
     print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
 else:
     if os.path.isfile(ckpt_path) and not eval_only:
-        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with --init_from=resume, '
-                    f'or train into a fresh --out_dir')
+        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with '
+                    f'--init_from=resume, or train into a fresh --out_dir')
     stage1 = load_checkpoint(init_from)
-    ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # weights only: a fresh optimizer
+    ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # a fresh optimizer
 if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
     common.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
 model = build_model(ckpt['model_args'], ckpt['model']).to(device)
@@ -109,7 +110,8 @@ else:
     ref_ckpt = load_checkpoint(reference_ckpt)
     check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
                      keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
-    reference = build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval().requires_grad_(False)
+    reference = build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval()
+    reference.requires_grad_(False)
     print(f'reference model: {reference.num_params() / 1e6:.2f}M parameters, frozen')
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
 if init_from == 'resume':
@@ -121,30 +123,34 @@ compiled = torch.compile(model) if on_cuda else model
 forward = compiled
 if n_proc > 1:
     forward = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
-reference_forward = compiled if reference is model else torch.compile(reference) if on_cuda else reference
+reference_forward = compiled  # reference 'self', or the rollout: the target itself
+if reference is not model:
+    reference_forward = torch.compile(reference) if on_cuda else reference
 logits_residual = torch.compile(rcd.logits_residual) if on_cuda else rcd.logits_residual
 mask_id, block_size = model.cfg.mask_id, model.cfg.block_size
 
 
 def residual_of(logits, remasked):
-    """The residual the target reads at the `remasked` positions, built with the target's own embedding."""
-    return logits_residual(logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant, alpha_scale)
+    """The residual the target reads at the `remasked` positions, built with its own embedding."""
+    return logits_residual(logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant,
+                           alpha_scale)
 
 
 def batch_loss(forward, split, batch_seed):
-    """One RCD training step's loss. The first n rows (a random subset: rows are drawn at random) read residuals;
-    the others read plain [MASK], as a block's first step does."""
+    """One RCD training step's loss. The first n rows (a random subset: rows are drawn at random)
+    read residuals; the others read plain [MASK], as a block's first step does."""
     x0, prompt_mask, gen = batches.get(split, batch_seed)
-    x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max, gen)
+    x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max,
+                               gen)
     n = round(residual_fraction * len(x0)) if alpha_mode != 'none' else 0
     if n == 0:  # no residual rows: no reference pass
         return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
     if rollout_steps > 0:  # decoding's own states and residuals, recurrence included
         steps = torch.randint(0, rollout_steps + 1, (n,), device=device, generator=gen)
         threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=gen))
-        x_t[:n], masked[:n], t[:n], logits, remasked = rcd.rollout(compiled, x0[:n], prompt_mask[:n], steps,
-                                                                   threshold, residual_of)
-    else:  # the reference reads the same x_t (or a step-aligned one) and predicts its masked positions
+        state = rcd.rollout(compiled, x0[:n], prompt_mask[:n], steps, threshold, residual_of)
+        x_t[:n], masked[:n], t[:n], logits, remasked = state
+    else:  # the reference reads the same x_t (or a step-aligned one), predicts its masked positions
         x_ref = x_t[:n]
         if reference_extra_mask > 0:
             visible = ~masked[:n] & ~prompt_mask[:n]
@@ -152,14 +158,15 @@ def batch_loss(forward, split, batch_seed):
         with torch.no_grad():  # no backpropagation through denoising steps
             logits = reference_forward(x_ref, x0[:n])
         remasked = masked[:n]
-    delta = residual_of(logits, remasked)  # the gradient reaches the embedding E through the soft tokens p·E
+    delta = residual_of(logits, remasked)  # the gradient reaches E through the soft tokens p·E
     delta = torch.cat((delta, delta.new_zeros(len(x0) - n, *delta.shape[1:])))
-    return forward(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
+    weights = loss_weights(masked, t, prompt_mask, loss_weighting)
+    return forward(x_t, x0, delta, loss_weights=weights)
 
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss over eval_iters fixed batches of each split (the same at every eval: comparable)."""
+    """Mean loss over eval_iters fixed batches of each split (the same at every eval)."""
     model.eval()
     out = {}
     for split in ('train', 'val'):
@@ -172,16 +179,17 @@ def estimate_loss():
     return out
 
 
-# ------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # the training loop
 iter_num = start = ckpt.get('iter_num', 0)
 best_val_loss = ckpt.get('best_val_loss', float('inf'))
 tokens_per_iter = batch_size * grad_accum_steps * model.cfg.seq_len
 flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
-log = common.RunLog(out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device, n_proc)
+log = common.RunLog(out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device,
+                    n_proc)
 log.say(common.run_summary(model, tokens_per_iter, device, n_proc, log.peak))
 if start >= max_iters and not eval_only:
-    log.say(f'note: the run starts at iteration {start} and max_iters={max_iters}: nothing to train')
+    log.say(f'note: the run starts at iteration {start}, max_iters={max_iters}: nothing to train')
 loss_sum = torch.zeros((), device=device)
 while True:
     lr = common.lr_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
@@ -197,8 +205,8 @@ while True:
         if iter_num > start and (losses['val'] < best_val_loss or always_save_checkpoint):
             best_val_loss = min(best_val_loss, losses['val'])
             if rank == 0:
-                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
-                            best_val_loss=best_val_loss)
+                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            iter_num=iter_num, best_val_loss=best_val_loss)
                 save_checkpoint(ckpt, ckpt_path)
                 log.saved = iter_num
                 log.say(f'saved {ckpt_path}')
@@ -211,8 +219,8 @@ while True:
         if n_proc > 1:  # all-reduce the gradients once, after the last micro-batch
             forward.require_backward_grad_sync = micro == my_micros[-1]
         with autocast:
-            loss = batch_loss(forward, 'train', common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps))
-            loss = loss / (grad_accum_steps // n_proc)
+            batch_seed = common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps)
+            loss = batch_loss(forward, 'train', batch_seed) / (grad_accum_steps // n_proc)
         loss.backward()
         loss_sum += loss.detach() / n_proc
     if grad_clip > 0:
