@@ -152,3 +152,43 @@ def test_greedy_digging_leaves_no_removable_given():
             trial[i] = 0
             assert (sudoku.singles_solve(trial[None]) == 0).any()
     assert (sudoku.singles_rounds(puzzles) > sudoku.singles_rounds(sudoku.dig(grids, 44, rng))).mean() > 0.5
+
+
+def cycle_type(a, b):
+    """The cycle lengths of the digit permutation that maps row a onto row b, column by column: unchanged by
+    relabelling the digits (a conjugation) and by permuting the columns (the same map)."""
+    sigma, seen, lengths = dict(zip(a, b)), set(), []
+    for start in sigma:
+        n, d = 0, start
+        while d not in seen:
+            seen.add(d)
+            d, n = sigma[d], n + 1
+        lengths += [n] if n else []
+    return tuple(sorted(lengths))
+
+
+def invariant(grid):
+    """A fingerprint of a grid that every Sudoku symmetry preserves (digit relabelling, row and column swaps in
+    bands and stacks, band and stack swaps, transposition): the cycle types of all pairs of rows, split into
+    pairs inside a band and across bands; the same for the columns; the two sorted (transposition swaps them)."""
+    g = np.asarray(grid).reshape(9, 9)
+
+    def part(rows):
+        pairs = [(i, j) for i in range(9) for j in range(i + 1, 9)]
+        same = sorted(cycle_type(rows[i], rows[j]) for i, j in pairs if i // 3 == j // 3)
+        across = sorted(cycle_type(rows[i], rows[j]) for i, j in pairs if i // 3 != j // 3)
+        return tuple(same), tuple(across)
+    return tuple(sorted([part(g.tolist()), part(g.T.tolist())]))
+
+
+def test_held_out_grids_are_no_symmetric_copy_of_a_training_grid(small_set):
+    base = np.array([sudoku.fill_grid(random.Random(i)) for i in range(30)])
+    copies = sudoku.symmetry_copies(base, 60, np.random.default_rng(0))
+    fingerprints = {invariant(g) for g in base}
+    assert len(fingerprints) == 30 and {invariant(g) for g in copies} <= fingerprints  # it sees through copies
+    train = np.fromfile(os.path.join(small_set, 'train.bin'), dtype=np.uint16).reshape(-1, 192)[:, 96:177] + 1
+    seen = {invariant(g) for g in train}
+    for split in ('val', 'test'):
+        with open(os.path.join(small_set, f'{split}.pkl'), 'rb') as f:
+            held_out = [[int(c) for c in solution] for _, solution in pickle.load(f)]
+        assert not {invariant(g) for g in held_out} & seen, split
