@@ -3,7 +3,7 @@ Accuracy against decoding budget: sweep tokens per step and confidence threshold
 dataset (sudoku, reasoning) and append one JSON line per setting to `records`: method, rule, accuracy with a 95%
 confidence interval, which items were right (so two methods on the same items compare *paired*), valid Sudoku grids,
 mean forward passes per answer (denoising steps + cache fills + any first-step pass) and wall time. Every setting runs
-the same sampler (sample.generate); the baseline is the plain sampler, alpha = 0 (`--rcd=False`).
+the same sampler (sample.generate); the baseline is the plain sampler, alpha = 0 (`--use_rcd=False`).
 
     python eval.py --ckpt=out/recipe/baseline/ckpt.pt --label=baseline --split=val
     python eval.py --ckpt=out/recipe/rcd/ckpt.pt --label=RCD --use_rcd=True --split=val
