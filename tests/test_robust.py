@@ -89,7 +89,7 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
     a_file.write_text('x')
     busy = tmp_path / 'busy'
     busy.mkdir()
-    (busy / 'train.lock').write_text(str(os.getpid()))  # a live process (this test) holds it
+    (busy / 'train.lock').write_text(str(os.getppid()))  # a live process (this test's parent) holds it
     stale = tmp_path / 'stale'
     stale.mkdir()
     (stale / 'train.lock').write_text('999999999')  # no such process
@@ -118,8 +118,8 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
         (['eval.py', f'--compare={tmp_path / "other.jsonl"}'], 1, 'not an eval.py record'),
         (stage1_args(tiny_reasoning, tmp_path / 'zero', '--max_iters=0'), 0, 'nothing to train'),
     ]
-    for args, code, message in rows:  # training in a subprocess (it holds a lock and a signal handler)
-        if args[0].startswith('train_stage'):
+    for args, code, message in rows:  # a training that starts runs in a subprocess (lock, signal handler)
+        if args[0].startswith('train_stage') and code == 0:
             r = run_script(*map(str, args))
             returncode, out = r.returncode, r.stdout + r.stderr
         else:  # the rest in this process: a traceback would surface as an exception here
