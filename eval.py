@@ -230,8 +230,8 @@ def frontier_table(test_rows, val_rows, budgets, baseline_label):
             pairs = [(r, b) for r, b in pairs if r is not None and b is not None]
             if not pairs:
                 continue
-            cells, diffs = zip(*((difference_cell(r, b)[0] + f' ({setting_of(r)})', difference_cell(r, b)[1])
-                                 for r, b in pairs))
+            cells, diffs = zip(*(difference_cell(r, b) for r, b in pairs))
+            cells = [f'{cell} ({setting_of(r)})' for cell, (r, _) in zip(cells, pairs)]
             mean = lambda key, i: sum(p[i][key] for p in pairs) / len(pairs)  # noqa: E731
             lines.append(f"| {method} | ≤ {budget} | {100 * mean('accuracy', 1):.1f} ({mean('mean_passes', 1):.1f})"
                          f" | {100 * mean('accuracy', 0):.1f} ({mean('mean_passes', 0):.1f}) | "

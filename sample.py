@@ -288,8 +288,9 @@ def load_models(ckpt, reference_ckpt, dev):
 
 def check_decoding(dec, reference_ckpt):
     """A bad decoding setting is one clear line."""
-    if dec.problem():
-        common.fail(dec.problem())
+    problem = dec.problem()
+    if problem:
+        common.fail(problem)
     if (dec.first_step == 'reference') != bool(reference_ckpt):
         common.fail("first_step='reference' needs --reference_ckpt=PATH, and reference_ckpt needs it")
 
