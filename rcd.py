@@ -98,9 +98,9 @@ def step_aligned(x_t, visible, mask_id, rate, generator=None):
 
 
 @torch.no_grad()
-def rollout(model, x0, prompt_mask, n_steps, threshold, residual):
-    """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). Every
-    block starts all [MASK] (prompts kept) and row r takes n_steps[r] no-grad denoising steps of
+def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
+    """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). From
+    the state x_t (all [MASK] is a block's start), row r takes n_steps[r] no-grad denoising steps of
     `model`, each fed the previous step's residual: commit the masked positions whose top
     probability reaches threshold[r] (at least the most confident one of each block) with their true
     tokens, and keep the rest's predictions for the next step. residual(logits, remasked) -> delta
@@ -108,7 +108,6 @@ def rollout(model, x0, prompt_mask, n_steps, threshold, residual):
     its masked positions, each block's masked fraction, and what its residual is built from."""
     b, L = x0.shape
     B, mask_id = model.cfg.block_size, model.cfg.mask_id
-    x_t = torch.where(prompt_mask, x0, mask_id)
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
     for step in range(int(n_steps.max())):

@@ -45,6 +45,8 @@ reference_extra_mask = 0.0   # step-aligned reference: it reads x_t with each vi
                              # masked with this probability (0 = the paper: the same x_t)
 rollout_steps = 0            # > 0: residual rows take state and residual from 0..rollout_steps
                              # no-grad threshold-decoding steps of the target (docs/method.md)
+rollout_noised = 0.0         # share of rollout rows that start at add_noise's x_t (any masking
+                             # rate, 1+ steps) instead of all [MASK]: late states get residuals too
 # noise and loss (as stage 1)
 mask_rate_min = 0.0          # a block's masking rate t: uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
@@ -85,6 +87,8 @@ if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= reference_extra_mask < 1.0):
     common.fail('need 0 <= residual_fraction <= 1 and 0 <= reference_extra_mask < 1')
 if rollout_steps < 0 or alpha_scale < 0:
     common.fail(f'need rollout_steps, alpha_scale >= 0 (got {rollout_steps}, {alpha_scale})')
+if not 0.0 <= rollout_noised <= 1.0:
+    common.fail(f'need 0 <= rollout_noised <= 1 (got {rollout_noised})')
 torch.manual_seed(seed)
 device, autocast = common.setup_device(device, dtype)
 rank, n_proc = common.world()
@@ -146,9 +150,15 @@ def batch_loss(forward, split, batch_seed):
     if n == 0:  # no residual rows: no reference pass
         return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
     if rollout_steps > 0:  # decoding's own states and residuals, recurrence included
+        start = torch.where(prompt_mask[:n], x0[:n], mask_id)  # a block's start: all [MASK]
         steps = torch.randint(0, rollout_steps + 1, (n,), device=device, generator=gen)
+        if rollout_noised > 0:  # mid-block starts; each takes a step or more, or it has no residual
+            noised = torch.rand(n, device=device, generator=gen) < rollout_noised
+            start = torch.where(noised[:, None], x_t[:n], start)
+            steps = torch.where(noised, torch.randint(1, rollout_steps + 1, (n,), device=device,
+                                                      generator=gen), steps)
         threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=gen))
-        state = rcd.rollout(compiled, x0[:n], prompt_mask[:n], steps, threshold, residual_of)
+        state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, residual_of)
         x_t[:n], masked[:n], t[:n], logits, remasked = state
     else:  # the reference reads the same x_t (or a step-aligned one), predicts its masked positions
         x_ref = x_t[:n]

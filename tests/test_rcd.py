@@ -251,6 +251,18 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked[:half], 'entropy')
     assert seen['ref_x_t'].shape[0] == half and torch.equal(seen['ref_x_t'], seen['x_t'][:half])
     assert torch.allclose(seen['delta'][:half], want) and not seen['delta'][half:].any()
+    calls, real_rollout = [], rcd.rollout  # the rollout: where it starts and how many steps each row takes
+
+    def rollout_spy(*args):
+        calls.append(args[2:5])  # start, prompt_mask, n_steps
+        return real_rollout(*args)
+    monkeypatch.setattr(rcd, 'rollout', rollout_spy)
+    for noised in (0.0, 1.0):
+        g['batch_loss'].__globals__.update(rollout_steps=1, rollout_noised=noised)
+        g['batch_loss'](target_spy, 'train', 0)
+    visible = [(start != model.cfg.mask_id) & ~prompt for start, prompt, _ in calls]
+    assert not visible[0].any() and visible[1].any()  # all [MASK], then the noised x_t
+    assert calls[0][2].max() <= 1 and (calls[1][2] == 1).all()  # a noised start takes at least one step
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
@@ -335,7 +347,8 @@ def test_rollout_commits_like_threshold_decoding_by_hand():
     def residual(logits, remasked):
         calls.append(remasked.clone())
         return remasked[..., None].float().expand(-1, -1, 2)
-    x_t, masked, t, logits, remasked = rcd.rollout(model, x0, torch.zeros_like(x0, dtype=torch.bool),
+    start = torch.full_like(x0, 4)  # every block all [MASK]
+    x_t, masked, t, logits, remasked = rcd.rollout(model, x0, start, torch.zeros_like(x0, dtype=torch.bool),
                                                    torch.tensor([2, 0]), torch.tensor([0.9, 0.9]), residual)
     # row 0, step 1: 0.95, 0.92 and 0.99 reach 0.9 (positions 0, 2, 6); step 2: nothing left reaches it, so each
     # block commits its most confident (positions 1 and 5). Committed positions take the true token, not token 3.
@@ -350,3 +363,20 @@ def test_rollout_commits_like_threshold_decoding_by_hand():
     assert not calls[0].any() and not model.deltas[0].any()
     assert calls[1][0].tolist() == [False, True, False, True, True, True, False, True]
     assert model.deltas[1][0, :, 0].tolist() == calls[1][0].float().tolist()  # and the model read it
+
+
+def test_rollout_from_a_noised_state_by_hand():
+    # the same fixed predictions; the row starts with positions 0, 3 (a prompt) and 6 already visible
+    model = FixedModel([0.95, 0.5, 0.92, 0.3, 0.6, 0.7, 0.99, 0.2])
+    x0 = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1]])
+    M = 4
+    start = torch.tensor([[0, M, M, 0, M, M, 0, M]])
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    prompt[0, 3] = True
+    x_t, masked, t, _, remasked = rcd.rollout(model, x0, start, prompt, torch.tensor([1]), torch.tensor([0.9]),
+                                              lambda logits, remasked: remasked[..., None].float().expand(-1, -1, 2))
+    # one step: position 2 (0.92) reaches 0.9; block 2 has none above 0.9, so its most confident masked one (5)
+    assert x_t[0].tolist() == [0, M, 2, 0, M, 2, 0, M]
+    assert remasked[0].tolist() == [False, True, False, False, True, False, False, True]
+    assert t[0].tolist() == pytest.approx([1 / 3] * 4 + [0.5] * 4)  # masked over noisable: 1 of 3 (the prompt is not), 2 of 4
+    assert not model.deltas[0].any()  # the first step from a given state still reads no residual
