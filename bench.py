@@ -1,6 +1,7 @@
 """
 Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row with residuals, and
-half of them as with the default residual_fraction=0.5: only those rows go through the reference), (b) attention alone:
+half of them as with the default residual_fraction=0.5: only those rows go through the reference; and half of
+them through the target's own 4-step decoding rollout, as --rollout_steps=4), (b) attention alone:
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
 (c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
 without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
@@ -109,7 +110,8 @@ if cuda:
     del a
 
 def bench_train(size, spec, cfg):
-    """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row, half the rows)."""
+    """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row, half the rows, half the
+    rows with the rollout)."""
     L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
     torch.manual_seed(0)
     model = BlockDiffusionLM(cfg).to(dev)
@@ -123,15 +125,28 @@ def bench_train(size, spec, cfg):
     residual_fn = torch.compile(rcd.logits_residual) if compile and cuda else rcd.logits_residual
     ref_fwd = torch.compile(reference) if compile and cuda else reference
     step_ms = {}
-    for stage, n in (('stage1', 0), ('stage2', b), ('stage2 half', b // 2)):  # half: residual_fraction=0.5
-        def step():  # as train_stage2.py's batch_loss with the reference reading the same x_t
+
+    def residual(logits, remasked):
+        return residual_fn(logits, model.wte.weight, cfg.mask_id, remasked, 'entropy')
+    # half: residual_fraction=0.5; rollout: --rollout_steps=4 (4 steps once a batch has more than a few rows)
+    stages = (('stage1', 0), ('stage2', b), ('stage2 half', b // 2), ('stage2 half rollout', b // 2))
+    for stage, n in stages:
+        def step():  # as train_stage2.py's batch_loss (the reference reads the same x_t, or the rollout)
             with autocast:
                 x_t, masked, t = add_noise(x0, prompt_mask, B, cfg.mask_id, 0.0, 1.0, gen)
                 delta = None
-                if n:
+                if n and stage.endswith('rollout'):
+                    steps = torch.randint(0, 5, (n,), device=dev, generator=gen)
+                    threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=dev, generator=gen))
+                    start = torch.full_like(x0[:n], cfg.mask_id)
+                    state = rcd.rollout(fwd, x0[:n], start, prompt_mask[:n], steps, threshold, residual)
+                    x_t[:n], masked[:n], t[:n], logits, remasked = state
+                    delta = residual(logits, remasked)
+                elif n:
                     with torch.no_grad():
                         logits = ref_fwd(x_t[:n], x0[:n])
-                    delta = residual_fn(logits, model.wte.weight, cfg.mask_id, masked[:n], 'entropy')
+                    delta = residual(logits, masked[:n])
+                if n:
                     delta = torch.cat((delta, delta.new_zeros(b - n, *delta.shape[1:])))
                 loss = fwd(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, 'elbo'))
             loss.backward()
@@ -146,7 +161,8 @@ def bench_train(size, spec, cfg):
         if profile:
             print_profile(step, f'{size} {stage} training step')
     row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
-        residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'])
+        residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'],
+        half_rollout_4=step_ms['stage2 half rollout'] / step_ms['stage1'])
     del model, reference, fwd, ref_fwd, opt
     if cuda:
         torch.cuda.empty_cache()

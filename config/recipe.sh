@@ -14,8 +14,8 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS, JOBS (processes at once) [8 gpu, 1 cpu], DATA (a prepared dataset directory), RUN_DIR. A step whose
-# output exists is skipped: a rerun resumes.
+# ARMS (also rcd_rollout_mixed: half the rollouts start at a noised state), JOBS (processes at once) [8 gpu, 1 cpu],
+# DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
 ARMS=${ARMS:-baseline rcd rcd_rollout rcd_rollout_light}
@@ -55,8 +55,11 @@ arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_sc
     rcd) echo --alpha_mode=entropy ;;
     rcd_rollout) echo --alpha_mode=entropy --rollout_steps=4 ;;
     rcd_rollout_light) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 ;;
+    rcd_rollout_mixed) echo --alpha_mode=entropy --rollout_steps=4 --rollout_noised=0.5 ;;  # not in the default ARMS
+    *) echo "unknown arm '$1'" >&2; exit 2 ;;
   esac
 }
+for arm in $ARMS; do arm_flags "$arm" > /dev/null; done  # an unknown arm stops here, before any work
 scale_of() { case $1 in *_light) echo 0.25 ;; *) echo 1.0 ;; esac; }
 
 if [ ! -f "$DATA/train.bin" ]; then
