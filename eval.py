@@ -214,6 +214,17 @@ def frontier_points(test_rows, val_rows, budgets):
     return out
 
 
+def val_frontier_means(val_rows, budgets):
+    """{method: its val frontier averaged over the budgets and seeds}, a budget that nothing fits counting 0:
+    one number per method, to choose the method on val."""
+    points = frontier_points(val_rows, val_rows, budgets)
+    scores = {}
+    for method, seed in dict.fromkeys((r['label'], r['train_seed']) for r in val_rows):
+        chosen = points.get((method, seed), {})
+        scores.setdefault(method, []).append(sum(r['accuracy'] for r in chosen.values()) / len(budgets))
+    return {method: sum(v) / len(v) for method, v in scores.items()}
+
+
 def frontier_table(test_rows, val_rows, budgets, baseline_label):
     """Markdown: per budget, each method's test accuracy (mean over seeds) at the setting val chose, and per
     seed the paired difference to the baseline's chosen setting on the same test items (95% CI)."""
@@ -292,7 +303,11 @@ def main():
             common.fail('the frontier chooses its settings on val: give --val=VAL_RECORDS')
         if plot:
             return draw(plot, val, budget_list)
-        return print(frontier_table(read_records(frontier), read_records(val), budget_list, baseline))
+        val_rows = read_records(val)
+        print(frontier_table(read_records(frontier), val_rows, budget_list, baseline))
+        means = sorted(val_frontier_means(val_rows, budget_list).items(), key=lambda kv: -kv[1])
+        return print('\nval frontier averaged over the budgets and seeds (a budget nothing fits counts 0): '
+                     + ', '.join(f'{method} {100 * m:.1f}' for method, m in means))
     if compare:
         return print(comparison(read_records(compare), baseline))
     dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant, alpha_scale=alpha_scale,

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import binomial_interval, frontier_points, frontier_table, paired_difference
+from eval import binomial_interval, frontier_points, frontier_table, paired_difference, val_frontier_means
 from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
@@ -138,6 +138,8 @@ def test_frontier_chooses_each_budget_on_val_and_reads_test():
     test += [record('baseline', 'test', 0.9, 0.25, 3.0, '1000')]
     table = frontier_table(test, val, [3], 'baseline')
     assert '| rcd | ≤ 3 | 25.0 (3.0) | 50.0 (3.1) | 1: 25.0 → 50.0, +25.0' in table
+    # the method chosen on val: rcd (0 + 0.6 + 0.9) / 3 against the baseline's (0 + 0.5 + 0.5) / 3
+    assert val_frontier_means(val, [1, 3, 5]) == pytest.approx({'rcd': 0.5, 'baseline': 1 / 3})
 
 
 def test_greedy_digging_leaves_no_removable_given():
