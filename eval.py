@@ -36,7 +36,7 @@ alpha_mode = 'entropy'       # with use_rcd: 'entropy', 'confidence', 'constant'
 alpha_constant = 0.5
 alpha_scale = 1.0            # with use_rcd: α multiplied by this (the value the model was trained with)
 residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α from softmax(logits / T_res))
-first_step = 'zero'          # with use_rcd: 'zero', 'self', 'reference' (needs reference_ckpt), 'dirichlet'
+first_steps = 'zero'         # with use_rcd, to sweep: 'zero', 'self', 'reference' (needs reference_ckpt), 'dirichlet'
 reference_ckpt = ''
 split = 'test'               # 'val' to choose settings, 'test' to report
 tokens_per_step_grid = '1,2,4,8'  # static rule settings ('' = none)
@@ -310,20 +310,24 @@ def main():
                      + ', '.join(f'{method} {100 * m:.1f}' for method, m in means))
     if compare:
         return print(comparison(read_records(compare), baseline))
-    dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant, alpha_scale=alpha_scale,
-                   first_step=first_step)
-    check_decoding(dec, reference_ckpt)
+    dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant, alpha_scale=alpha_scale)
+    starts = first_steps.split(',')
+    for start in starts:  # each first step checked alone, as sample.py checks it
+        dec.first_step = start
+        check_decoding(dec, reference_ckpt if start == 'reference' else '')
+    if reference_ckpt and 'reference' not in starts:
+        common.fail("reference_ckpt is read only by first_steps 'reference'")
     if split not in ('val', 'test'):
         common.fail(f"split='{split}' must be 'val' or 'test'")
     if n_problems < 0 or batch_size < 1:
         common.fail(f'need n_problems >= 0 (0 = all) and batch_size >= 1 (got {n_problems}, {batch_size})')
     temps = numbers(residual_temperatures, 'residual_temperatures', float) if use_rcd else [1.0]
-    settings = [('static', k, 0.0, T) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)
-                for T in temps]
-    settings += [('threshold', 1, tau, T) for tau in numbers(threshold_grid, 'threshold_grid', float)
-                 for T in temps]
+    settings = [('static', k, 0.0, T, f) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)
+                for T in temps for f in starts]
+    settings += [('threshold', 1, tau, T, f) for tau in numbers(threshold_grid, 'threshold_grid', float)
+                 for T in temps for f in starts]
     if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0
-                           for rule, k, tau, T in settings):
+                           for rule, k, tau, T, _ in settings):
         common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0')
     try:  # before any scoring: a run must not end with results it cannot write
         os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
@@ -334,8 +338,8 @@ def main():
     dev, autocast = common.setup_device(device, dtype)
     model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
     name = label or ('RCD' if use_rcd else 'baseline')
-    for rule, k, tau, T in settings:
-        dec.tokens_per_step, dec.threshold, dec.residual_temperature = k, tau, T
+    for rule, k, tau, T, start in settings:
+        dec.tokens_per_step, dec.threshold, dec.residual_temperature, dec.first_step = k, tau, T, start
         t0 = time.perf_counter()
         right, valid, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, name, dec,
                                      reference, torch.Generator(dev).manual_seed(seed))
@@ -343,7 +347,7 @@ def main():
         n, correct = len(right), sum(right)
         record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'), dataset=meta['dataset'],
                       split=split, block_size=model.cfg.block_size, use_rcd=use_rcd,
-                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=alpha_scale, first_step=first_step,
+                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=alpha_scale, first_step=start,
                       residual_temperature=T, rule=rule, tokens_per_step=k if rule == 'static' else None,
                       threshold=tau if rule == 'threshold' else None, n=n, correct=correct, accuracy=correct / n,
                       ci95=wilson_interval(correct, n), valid=valid, items=''.join('01'[x] for x in right),

@@ -40,6 +40,10 @@ def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
     assert len(rows) == 6
     for a, b in zip(rows[:3], rows[3:]):
         assert b['label'] == 'alpha0' and (a['correct'], a['mean_passes']) == (b['correct'], b['mean_passes'])
+    # first steps are swept like the rest: each setting once per first step, the 'self' one a pass dearer per block
+    rows = sweep(tiny_ckpt, str(tmp_path / 'starts.jsonl'), '--use_rcd=True', '--first_steps=zero,self')
+    assert [r['first_step'] for r in rows] == ['zero', 'self'] * 3
+    assert all(b['mean_passes'] > a['mean_passes'] for a, b in zip(rows[::2], rows[1::2]))
 
 
 def test_frontier_table_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
@@ -61,8 +65,10 @@ def test_frontier_table_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, 
 @pytest.mark.parametrize('args,message', [
     (['--threshold_grid=a,b'], "must be comma-separated numbers"),
     (['--tokens_per_step_grid=0'], 'tokens per step >= 1'),
-    (['--first_step=self'], 'use it with --use_rcd=True'),
-    (['--use_rcd=True', '--first_step=reference'], "needs --reference_ckpt=PATH"),
+    (['--first_steps=self'], 'use it with --use_rcd=True'),
+    (['--use_rcd=True', '--first_steps=zero,reference'], "needs --reference_ckpt=PATH"),
+    (['--use_rcd=True', '--first_steps=zero,nosuch'], "nosuch"),
+    (['--use_rcd=True', '--reference_ckpt=x.pt'], "reference_ckpt is read only by first_steps 'reference'"),
     (['--split=train'], "split='train' must be 'val' or 'test'"),
     (['--n_problems=-1'], 'need n_problems >= 0'),
     (['--batch_size=0'], 'batch_size >= 1'),
