@@ -8,9 +8,11 @@ import random
 import numpy as np
 import pytest
 
+import common
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import binomial_interval, frontier_points, frontier_table, paired_difference, val_frontier_means
+from eval import (binomial_interval, comparison, frontier_points, frontier_table, paired_difference, read_records,
+                  val_frontier_means)
 from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
@@ -194,3 +196,16 @@ def test_held_out_grids_are_no_symmetric_copy_of_a_training_grid(small_set):
         with open(os.path.join(small_set, f'{split}.pkl'), 'rb') as f:
             held_out = [[int(c) for c in solution] for _, solution in pickle.load(f)]
         assert not {invariant(g) for g in held_out} & seen, split
+
+
+@pytest.mark.parametrize('name', ['sudoku_frontier_h200', 'sudoku_hard_frontier_h200'])
+def test_the_stored_results_tables_come_from_the_stored_records(name):
+    """Every table row in results/<name>.md is what eval.py computes today from the records beside it: the
+    published numbers and the statistics code cannot drift apart."""
+    path = os.path.join(common.ROOT, 'results', name)
+    test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
+    with open(f'{path}.md') as f:
+        published = set(f.read().splitlines())
+    rows = frontier_table(test, val, [2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0], 'baseline').splitlines()
+    rows += comparison(test, 'baseline').splitlines()
+    assert len(rows) > 90 and not [r for r in rows if r not in published]
