@@ -14,7 +14,7 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS (also rcd_rollout_mixed: half the rollouts start at a noised state), FIRST_STEPS (RCD's first steps to sweep,
+# ARMS (also rcd_rollout_mixed{,_light}: half the rollouts start at a noised state), FIRST_STEPS (RCD's first steps to sweep,
 # e.g. zero,dirichlet) [zero], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
 set -euo pipefail
@@ -57,6 +57,7 @@ arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_sc
     rcd_rollout) echo --alpha_mode=entropy --rollout_steps=4 ;;
     rcd_rollout_light) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 ;;
     rcd_rollout_mixed) echo --alpha_mode=entropy --rollout_steps=4 --rollout_noised=0.5 ;;  # not in the default ARMS
+    rcd_rollout_mixed_light) echo --alpha_mode=entropy --rollout_steps=4 --rollout_noised=0.5 --alpha_scale=0.25 ;;
     *) echo "unknown arm '$1'" >&2; exit 2 ;;
   esac
 }
