@@ -14,8 +14,8 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS (also rcd_rollout_mixed{,_light}: half the rollouts start at a noised state), FIRST_STEPS (RCD's first steps to sweep,
-# e.g. zero,dirichlet) [zero], JOBS (processes at once) [8 gpu, 1 cpu],
+# ARMS (also rcd_rollout_mixed{,_light}: half the rollouts start at a noised state), FIRST_STEPS (RCD's first
+# steps to sweep, e.g. zero,dirichlet) [zero], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
