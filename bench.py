@@ -138,7 +138,7 @@ def bench_train(size, spec, cfg):
                 if n and stage.endswith('rollout'):
                     steps = torch.randint(0, 5, (n,), device=dev, generator=gen)
                     threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=dev, generator=gen))
-                    start = torch.full_like(x0[:n], cfg.mask_id)
+                    start = torch.where(prompt_mask[:n], x0[:n], cfg.mask_id)  # all [MASK]
                     state = rcd.rollout(fwd, x0[:n], start, prompt_mask[:n], steps, threshold, residual)
                     x_t[:n], masked[:n], t[:n], logits, remasked = state
                     delta = residual(logits, remasked)
