@@ -1,5 +1,6 @@
 """GPU paths against the CPU reference (skipped without CUDA; run on a GPU machine): the compiled training pass
-(FlexAttention), the compiled residual of the sampler and stage 2, and bf16 autocast against float32. The CUDA-graph
+(FlexAttention), the compiled residual of the sampler and stage 2, stage 2's rollout on the compiled model, and bf16
+autocast against float32. The CUDA-graph
 sampler is checked in test_sample.py and FlexAttention alone in test_model.py."""
 import copy
 
@@ -55,3 +56,28 @@ def test_bf16_autocast_stays_close_to_float32():
             half = gpu(x).float()
     assert (half - full).abs().max() < 0.05 * full.abs().max()
     assert (half.argmax(-1) == full.argmax(-1)).float().mean() > 0.95
+
+
+def test_compiled_rollout_matches_the_cpu_path():
+    # stage 2's rollout on the compiled CUDA model: each step runs a different number of rows (as training does)
+    cfg, cpu, gpu = model_pair()
+    with torch.no_grad():  # confident predictions: commits far from the thresholds, so both paths commit alike
+        for m in (cpu, gpu):
+            m.lm_head.weight.mul_(40)
+    x0 = torch.randint(0, 48, (12, 64))
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    prompt[:, :8] = True
+    start = torch.where(prompt, x0, cfg.mask_id)
+    steps, threshold = torch.arange(12) % 5, torch.linspace(0.9, 0.999, 12)
+    outs = []
+    for m, dev in ((cpu, 'cpu'), (torch.compile(gpu), 'cuda')):
+        emb = (cpu if dev == 'cpu' else gpu).wte.weight
+
+        def residual(logits, remasked):
+            return rcd.logits_residual(logits, emb, cfg.mask_id, remasked, 'entropy')
+        outs.append(rcd.rollout(m, x0.to(dev), start.to(dev), prompt.to(dev), steps.to(dev), threshold.to(dev),
+                                residual))
+    (x_cpu, _, t_cpu, logits_cpu, _), (x_gpu, _, t_gpu, logits_gpu, _) = outs
+    assert (x_gpu.cpu() == x_cpu).float().mean() > 0.99 and (x_cpu != start).any()
+    assert torch.allclose(t_gpu.cpu(), t_cpu, atol=0.05)
+    assert (logits_gpu.cpu().argmax(-1) == logits_cpu.argmax(-1)).float().mean() > 0.99
