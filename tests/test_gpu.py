@@ -1,7 +1,7 @@
 """GPU paths against the CPU reference (skipped without CUDA; run on a GPU machine): the compiled training pass
 (FlexAttention), the compiled residual of the sampler and stage 2, stage 2's rollout on the compiled model, and bf16
-autocast against float32. The CUDA-graph
-sampler is checked in test_sample.py and FlexAttention alone in test_model.py."""
+autocast against float32. The CUDA-graph sampler is checked in test_sample.py and FlexAttention alone in
+test_model.py."""
 import copy
 
 import pytest
