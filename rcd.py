@@ -113,7 +113,8 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
     for step in range(int(n_steps.max())):
         rows = (n_steps > step).nonzero().squeeze(1)  # only rows with steps left run; the rest keep
-        x, masked = x_t[rows], x_t[rows] == mask_id
+        x = x_t[rows]
+        masked = x == mask_id
         new_logits = model(x, x0[rows], residual(logits[rows], remasked[rows])).float()
         conf = residual_probs(new_logits, mask_id).amax(-1).masked_fill(~masked, -1.0)
         conf = conf.view(len(rows), L // B, B)

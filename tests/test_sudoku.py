@@ -11,8 +11,8 @@ import pytest
 import common
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import (binomial_interval, comparison, frontier_points, frontier_table, paired_difference, read_records,
-                  val_frontier_means)
+from eval import (binomial_interval, budgets, comparison, frontier_points, frontier_table, numbers, paired_difference,
+                  read_records, val_frontier_means)
 from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
@@ -206,6 +206,6 @@ def test_the_stored_results_tables_come_from_the_stored_records(name):
     test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
     with open(f'{path}.md') as f:
         published = set(f.read().splitlines())
-    rows = frontier_table(test, val, [2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0], 'baseline').splitlines()
+    rows = frontier_table(test, val, numbers(budgets, 'budgets', float), 'baseline').splitlines()  # eval's default
     rows += comparison(test, 'baseline').splitlines()
     assert len(rows) > 90 and not [r for r in rows if r not in published]
