@@ -100,7 +100,7 @@ def wilson_interval(correct, n, z=1.96):
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))  # rounding must not cross p
 
 
 def binomial_interval(k, n, level=0.95):

@@ -108,21 +108,19 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
     its masked positions, each block's masked fraction, and what its residual is built from."""
     b, L = x0.shape
     B, mask_id = model.cfg.block_size, model.cfg.mask_id
-    x_t = x_t.clone()
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
-    for step in range(int(n_steps.max())):
-        rows = (n_steps > step).nonzero().squeeze(1)  # only rows with steps left run; the rest keep
-        x = x_t[rows]
-        masked = x == mask_id
-        new_logits = model(x, x0[rows], residual(logits[rows], remasked[rows])).float()
+    for step in range(int(n_steps.max())):  # every row runs: a fixed batch keeps one compiled graph
+        masked = x_t == mask_id
+        new_logits = model(x_t, x0, residual(logits, remasked)).float()
         conf = residual_probs(new_logits, mask_id).amax(-1).masked_fill(~masked, -1.0)
-        conf = conf.view(len(rows), L // B, B)
-        commit = (conf >= threshold[rows, None, None]) | (conf == conf.amax(-1, keepdim=True))
-        commit = commit.view(len(rows), L) & masked
-        x_t[rows] = torch.where(commit, x0[rows], x)
-        logits[rows] = new_logits
-        remasked[rows] = masked & ~commit
+        conf = conf.view(b, L // B, B)
+        commit = (conf >= threshold[:, None, None]) | (conf == conf.amax(-1, keepdim=True))
+        moving = (step < n_steps)[:, None]  # a row whose steps are done keeps its state
+        commit = commit.view(b, L) & masked & moving
+        x_t = torch.where(commit, x0, x_t)
+        logits = torch.where(moving[..., None], new_logits, logits)
+        remasked = torch.where(moving, masked & ~commit, remasked)
     masked = x_t == mask_id
     noisable = (~prompt_mask).view(b, L // B, B).sum(-1).clamp(min=1)
     t = (masked.view(b, L // B, B).sum(-1) / noisable).clamp(min=1 / B).repeat_interleave(B, dim=1)
