@@ -198,7 +198,8 @@ def test_held_out_grids_are_no_symmetric_copy_of_a_training_grid(small_set):
         assert not {invariant(g) for g in held_out} & seen, split
 
 
-@pytest.mark.parametrize('name', ['sudoku_frontier_h200', 'sudoku_hard_frontier_h200'])
+@pytest.mark.parametrize('name', ['sudoku_frontier_h200', 'sudoku_hard_frontier_h200', 'sudoku_mixed_start_h200',
+                                  'sudoku_hard_mixed_start_h200'])
 def test_the_stored_results_tables_come_from_the_stored_records(name):
     """Every table row in results/<name>.md is what eval.py computes today from the records beside it: the
     published numbers and the statistics code cannot drift apart."""
