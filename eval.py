@@ -34,7 +34,8 @@ label = ''                   # the method's name in records and plot ('' = 'RCD'
 use_rcd = False              # RCD sampling (residual context); False = the plain sampler, alpha = 0
 alpha_mode = 'entropy'       # with use_rcd: 'entropy', 'confidence', 'constant', 'none'
 alpha_constant = 0.5
-alpha_scale = 1.0            # with use_rcd: α multiplied by this (the value the model was trained with)
+alpha_scales = '1.0'         # with use_rcd, to sweep: α multiplied by these (the value the model was trained
+                             # with; 0 = the residual off: this model decoded by the plain sampler)
 residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α from softmax(logits / T_res))
 first_steps = 'zero'         # with use_rcd, to sweep: 'zero', 'self', 'reference' (needs reference_ckpt), 'dirichlet'
 reference_ckpt = ''
@@ -160,7 +161,9 @@ def read_records(path):
 
 def setting_of(r):
     rule = f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"threshold {r['threshold']}"
-    if r.get('use_rcd') and (r['first_step'] != 'zero' or r['residual_temperature'] != 1.0):
+    if r.get('use_rcd') and r.get('alpha_scale') == 0:
+        rule += ', residual off'
+    elif r.get('use_rcd') and (r['first_step'] != 'zero' or r['residual_temperature'] != 1.0):
         rule += f", first step {r['first_step']}, T_res {r['residual_temperature']}"
     return rule
 
@@ -310,7 +313,7 @@ def main():
                      + ', '.join(f'{method} {100 * m:.1f}' for method, m in means))
     if compare:
         return print(comparison(read_records(compare), baseline))
-    dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant, alpha_scale=alpha_scale)
+    dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant)
     starts = first_steps.split(',')
     for start in starts:  # each first step checked alone, as sample.py checks it
         dec.first_step = start
@@ -322,13 +325,16 @@ def main():
     if n_problems < 0 or batch_size < 1:
         common.fail(f'need n_problems >= 0 (0 = all) and batch_size >= 1 (got {n_problems}, {batch_size})')
     temps = numbers(residual_temperatures, 'residual_temperatures', float) if use_rcd else [1.0]
-    settings = [('static', k, 0.0, T, f) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)
-                for T in temps for f in starts]
-    settings += [('threshold', 1, tau, T, f) for tau in numbers(threshold_grid, 'threshold_grid', float)
-                 for T in temps for f in starts]
-    if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0
-                           for rule, k, tau, T, _ in settings):
-        common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0')
+    scales = numbers(alpha_scales, 'alpha_scales', float) if use_rcd else [1.0]
+    knobs = [(a, T, f) for a in scales if a != 0 for T in temps for f in starts]
+    knobs += [(0.0, 1.0, 'zero')] if 0 in scales else []  # the residual off: T_res and first step do nothing
+    rules = [('static', k, 0.0) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)]
+    rules += [('threshold', 1, tau) for tau in numbers(threshold_grid, 'threshold_grid', float)]
+    settings = [rule + knob for rule in rules for knob in knobs]
+    if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0 or a < 0
+                           for rule, k, tau, a, T, _ in settings):
+        common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0, '
+                    'alpha_scales >= 0')
     try:  # before any scoring: a run must not end with results it cannot write
         os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
         open(records, 'a').close()
@@ -338,8 +344,9 @@ def main():
     dev, autocast = common.setup_device(device, dtype)
     model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
     name = label or ('RCD' if use_rcd else 'baseline')
-    for rule, k, tau, T, start in settings:
-        dec.tokens_per_step, dec.threshold, dec.residual_temperature, dec.first_step = k, tau, T, start
+    for rule, k, tau, a, T, start in settings:
+        dec.tokens_per_step, dec.threshold, dec.alpha_scale = k, tau, a
+        dec.residual_temperature, dec.first_step = T, start
         t0 = time.perf_counter()
         right, valid, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, name, dec,
                                      reference, torch.Generator(dev).manual_seed(seed))
@@ -347,7 +354,7 @@ def main():
         n, correct = len(right), sum(right)
         record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'), dataset=meta['dataset'],
                       split=split, block_size=model.cfg.block_size, use_rcd=use_rcd,
-                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=alpha_scale, first_step=start,
+                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=a, first_step=start,
                       residual_temperature=T, rule=rule, tokens_per_step=k if rule == 'static' else None,
                       threshold=tau if rule == 'threshold' else None, n=n, correct=correct, accuracy=correct / n,
                       ci95=wilson_interval(correct, n), valid=valid, items=''.join('01'[x] for x in right),

@@ -6,7 +6,7 @@
 #      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout` (states and residuals from a
 #      short no-grad threshold-decoding rollout of the target itself) and `rcd_rollout_light` (the same, alpha x 0.25);
 #   3. every arm and seed scored on val and on test over the same grid of decoding settings (confidence thresholds,
-#      tokens per step, T_res for RCD);
+#      tokens per step; for RCD also T_res, and the residual off: its model decoded by the plain sampler);
 #   4. the frontier: at each budget of P passes per answer, the setting chosen on val, scored on test, paired to
 #      the baseline's on the same puzzles; the plot; paired differences at 1 token per step.
 #
@@ -50,7 +50,7 @@ join() {  # wait for every job; stop if any failed
   PIDS=()
   [ $ok = 1 ] || { echo "a job failed: see the logs in $RUN_DIR/logs" >&2; exit 1; }
 }
-arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_scale)
+arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_scale, and 0)
   case $1 in
     baseline) echo --alpha_mode=none ;;
     rcd) echo --alpha_mode=entropy ;;
@@ -92,7 +92,7 @@ for split in val test; do
   K=$K_TEST; [ $split = val ] && K=$K_VAL
   for s in $SEEDS; do
     for arm in $ARMS; do
-      rcd=(); [ "$arm" = baseline ] || rcd=(--use_rcd=True --alpha_scale="$(scale_of "$arm")" \
+      rcd=(); [ "$arm" = baseline ] || rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
         --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}")
       out=$RUN_DIR/$split/${arm}_s$s.jsonl
       [ -f "$out" ] || job "${split}_${arm}_s$s" python eval.py --ckpt="$RUN_DIR/s$s/$arm/ckpt.pt" --label="$arm" \

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import run_in_process, run_script
-from eval import wilson_interval
+from eval import setting_of, wilson_interval
 
 
 def test_wilson_interval_by_hand():
@@ -36,11 +36,14 @@ def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
         assert r['label'] == 'baseline' and r['n'] == 20 and r['correct'] == round(r['accuracy'] * 20)
         assert r['ci95'][0] <= r['accuracy'] <= r['ci95'][1] and r['wall_s'] > 0
     assert base[1]['mean_passes'] < base[0]['mean_passes']  # 8 tokens per step needs fewer passes than 1
-    # RCD with alpha = 0 is the same sampler: the same answers at the same cost, appended to the same file
-    rows = sweep(tiny_ckpt, records, '--use_rcd=True', '--alpha_mode=none', '--label=alpha0')
-    assert len(rows) == 6
-    for a, b in zip(rows[:3], rows[3:]):
-        assert b['label'] == 'alpha0' and (a['correct'], a['mean_passes']) == (b['correct'], b['mean_passes'])
+    # RCD's knobs per rule: each alpha scale with each T_res, and the residual off (alpha x 0) once, which is the
+    # plain sampler: the same answers at the same cost, appended to the same file
+    rows = sweep(tiny_ckpt, records, '--use_rcd=True', '--alpha_scales=0.5,0', '--residual_temperatures=1,2',
+                 '--label=rcd')[3:]
+    assert [(r['alpha_scale'], r['residual_temperature']) for r in rows] == [(0.5, 1.0), (0.5, 2.0), (0.0, 1.0)] * 3
+    for a, b in zip(base, rows[2::3]):
+        assert (a['items'], a['mean_passes']) == (b['items'], b['mean_passes']) and b['label'] == 'rcd'
+        assert setting_of(b) == setting_of(a) + ', residual off'
     # first steps are swept like the rest: each setting once per first step, the 'self' one a pass dearer per block
     rows = sweep(tiny_ckpt, str(tmp_path / 'starts.jsonl'), '--use_rcd=True', '--first_steps=zero,self')
     assert [r['first_step'] for r in rows] == ['zero', 'self'] * 3
