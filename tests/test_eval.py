@@ -36,18 +36,17 @@ def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
         assert r['label'] == 'baseline' and r['n'] == 20 and r['correct'] == round(r['accuracy'] * 20)
         assert r['ci95'][0] <= r['accuracy'] <= r['ci95'][1] and r['wall_s'] > 0
     assert base[1]['mean_passes'] < base[0]['mean_passes']  # 8 tokens per step needs fewer passes than 1
-    # RCD's knobs per rule: each alpha scale with each T_res, and the residual off (alpha x 0) once, which is the
-    # plain sampler: the same answers at the same cost, appended to the same file
+    # RCD's knobs per rule: each alpha scale with each T_res and first step, then the residual off (alpha x 0)
+    # once, which is the plain sampler: the same answers at the same cost, appended to the same file
     rows = sweep(tiny_ckpt, records, '--use_rcd=True', '--alpha_scales=0.5,0', '--residual_temperatures=2',
-                 '--label=rcd')[3:]
-    assert [(r['alpha_scale'], r['residual_temperature']) for r in rows] == [(0.5, 2.0), (0.0, 1.0)] * 3
-    for a, b in zip(base, rows[1::2]):
+                 '--first_steps=zero,self', '--label=rcd')[3:]
+    knobs = [(r['alpha_scale'], r['residual_temperature'], r['first_step']) for r in rows]
+    assert knobs == [(0.5, 2.0, 'zero'), (0.5, 2.0, 'self'), (0.0, 1.0, 'zero')] * 3
+    for a, b in zip(base, rows[2::3]):
         assert (a['items'], a['mean_passes']) == (b['items'], b['mean_passes']) and b['label'] == 'rcd'
         assert setting_of(b) == setting_of(a) + ', residual off'
-    # first steps are swept like the rest: each setting once per first step, the 'self' one a pass dearer per block
-    rows = sweep(tiny_ckpt, str(tmp_path / 'starts.jsonl'), '--use_rcd=True', '--first_steps=zero,self')
-    assert [r['first_step'] for r in rows] == ['zero', 'self'] * 3
-    assert all(b['mean_passes'] > a['mean_passes'] for a, b in zip(rows[::2], rows[1::2]))
+    # the 'self' first step costs one more pass per block
+    assert all(b['mean_passes'] > a['mean_passes'] for a, b in zip(rows[::3], rows[1::3]))
 
 
 def test_frontier_table_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
