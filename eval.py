@@ -107,9 +107,11 @@ def wilson_interval(correct, n, z=1.96):
 def binomial_interval(k, n, level=0.95):
     """Exact (Clopper-Pearson) interval of a binomial proportion from k successes in n: the p at which seeing >= k
     (for the lower end), or <= k (for the upper end), has probability (1 - level) / 2. Solved by bisection."""
+    log_choose = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(n + 1)]
+
     def tail(p, lo, hi):  # P(lo <= X <= hi) for X ~ Binomial(n, p), 0 < p < 1, in log space: no overflow
-        return sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                            + i * math.log(p) + (n - i) * math.log1p(-p)) for i in range(lo, hi + 1))
+        log_p, log_q = math.log(p), math.log1p(-p)
+        return sum(math.exp(log_choose[i] + i * log_p + (n - i) * log_q) for i in range(lo, hi + 1))
 
     def solve(f):  # the p in (0, 1) where the increasing function f crosses (1 - level) / 2
         a, b = 0.0, 1.0
