@@ -9,6 +9,7 @@ the same sampler (sample.generate); the baseline is the plain sampler, alpha = 0
     python eval.py --ckpt=out/recipe/rcd/ckpt.pt --label=RCD --use_rcd=True --split=val
     python eval.py --frontier=test.jsonl --val=val.jsonl   # the accuracy-vs-passes frontier, chosen on val
     python eval.py --compare=results.jsonl                 # paired differences to the baseline, per setting
+    python eval.py --claim=test.jsonl --val=val.jsonl      # each method in half the passes of the baseline's best
     python eval.py --plot=test.jsonl --val=val.jsonl       # the frontiers with 95% CIs -> test.png (matplotlib)
 The frontier is the measure: at each budget of P forward passes per answer, the best accuracy a method reaches,
 with the decoding setting (rule, threshold or tokens per step, RCD's knobs) chosen on the val split among those
@@ -50,6 +51,7 @@ val = ''                     # the val records the frontier's settings are chose
 budgets = '2,3,4,5,6,8,10,12'  # the frontier's budgets: mean forward passes per answer
 plot = ''                    # test records: draw the frontiers (with --val) to a PNG next to them; exit
 compare = ''                 # a records file: print each method's paired difference per setting; exit
+claim = ''                   # test records: each method in half the passes of the baseline's ceiling (with --val); exit
 baseline = 'baseline'        # the label the others are compared with
 device = 'auto'
 dtype = 'auto'
@@ -230,6 +232,34 @@ def val_frontier_means(val_rows, budgets):
     return {method: sum(v) / len(v) for method, v in scores.items()}
 
 
+def claim_table(test_rows, val_rows, baseline_label):
+    """Markdown: the paper's efficiency claim, per seed. The baseline's ceiling is its best setting at any cost
+    (chosen on val); each method gets half the passes that setting averaged on val, chooses its best setting
+    within them on val, and is paired with the ceiling on the same test items."""
+    val_of = {(r['label'], r['train_seed'], setting_of(r)): r for r in val_rows}
+    ceilings = frontier_points(test_rows, val_rows, [math.inf])
+    lines = ["| method | seed: the baseline's ceiling → the method in half its passes, difference [95% CI] "
+             "(passes; setting) | mean difference |", '|---|---|---|']
+    for method in dict.fromkeys(m for m, _ in ceilings if m != baseline_label):
+        cells, diffs = [], []
+        for seed in sorted({s for m, s in ceilings if m == method}, key=str):
+            base = ceilings.get((baseline_label, seed), {}).get(math.inf)
+            if base is None:
+                continue
+            half = val_of[(baseline_label, seed, setting_of(base))]['mean_passes'] / 2
+            mine = frontier_points(test_rows, val_rows, [half]).get((method, seed), {}).get(half)
+            if mine is None:  # nothing fits: it scores 0, as in the val frontier's mean
+                cells.append(f'{seed}: nothing within {half:.1f} passes on val')
+                diffs.append(-base['accuracy'])
+                continue
+            cell, d = difference_cell(mine, base)
+            cells.append(f"{cell} ({base['mean_passes']:.1f} → {mine['mean_passes']:.1f}; {setting_of(mine)})")
+            diffs.append(d)
+        if cells:
+            lines.append(f"| {method} | {'<br>'.join(cells)} | {100 * sum(diffs) / len(diffs):+.1f} |")
+    return '\n'.join(lines)
+
+
 def frontier_table(test_rows, val_rows, budgets, baseline_label):
     """Markdown: per budget, each method's test accuracy (mean over seeds) at the setting val chose, and per
     seed the paired difference to the baseline's chosen setting on the same test items (95% CI)."""
@@ -303,11 +333,13 @@ def numbers(text, name, kind):
 
 def main():
     budget_list = numbers(budgets, 'budgets', float)
-    if plot or frontier:
+    if plot or frontier or claim:
         if not val:
             common.fail('the frontier chooses its settings on val: give --val=VAL_RECORDS')
         if plot:
             return draw(plot, val, budget_list)
+        if claim:
+            return print(claim_table(read_records(claim), read_records(val), baseline))
         val_rows = read_records(val)
         print(frontier_table(read_records(frontier), val_rows, budget_list, baseline))
         means = sorted(val_frontier_means(val_rows, budget_list).items(), key=lambda kv: -kv[1])

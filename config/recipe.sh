@@ -8,8 +8,8 @@
 #   3. every arm and seed scored on val and on test over the same grid of decoding settings (confidence thresholds,
 #      tokens per step; for RCD also T_res, and the residual off: its model decoded by the plain sampler);
 #   4. the frontier: at each budget of P passes per answer, the setting chosen on val, scored on test, paired to
-#      the baseline's on the same puzzles; the ceiling (the best setting at any cost, chosen on val); the plot;
-#      paired differences per setting.
+#      the baseline's on the same puzzles; the ceiling (the best setting at any cost, chosen on val); each method
+#      in half the passes of the baseline's ceiling; the plot; paired differences per setting.
 #
 #   bash config/recipe.sh gpu                        # 9x9 Sudoku (44 random blanks), 3 seeds, one GPU
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
@@ -112,6 +112,9 @@ done
   echo
   echo "# the ceiling: each method's best setting at any cost (up to 1 token per step), chosen on val"
   python eval.py --frontier="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" --budgets=1000 | grep -v '^config:'
+  echo
+  echo "# the paper's claim, per seed: each method in half the passes of the baseline's ceiling, paired with it"
+  python eval.py --claim="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
   echo
   echo "# paired differences to the baseline on test, per setting"
   python eval.py --compare="$RUN_DIR/test.jsonl" | grep -v '^config:'

@@ -11,7 +11,7 @@ import pytest
 import common
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import (binomial_interval, budgets, comparison, frontier_points, frontier_table, numbers, paired_difference,
+from eval import (binomial_interval, budgets, claim_table, comparison, frontier_points, frontier_table, numbers, paired_difference,
                   read_records, val_frontier_means)
 from sample import answer_of, is_right
 
@@ -144,6 +144,19 @@ def test_frontier_chooses_each_budget_on_val_and_reads_test():
     assert val_frontier_means(val, [1, 3, 5]) == pytest.approx({'rcd': 0.5, 'baseline': 1 / 3})
 
 
+def test_claim_pairs_half_the_baselines_passes_with_its_ceiling():
+    # the baseline's ceiling is threshold 0.99 (best on val, 8 passes there), so the methods get 4 passes on val
+    val = [record('baseline', 'val', 0.9, 0.5, 3.0), record('baseline', 'val', 0.99, 0.9, 8.0),
+           record('rcd', 'val', 0.9, 0.6, 2.9), record('rcd', 'val', 0.99, 0.95, 4.2), record('slow', 'val', 0.9, 1, 5)]
+    test = [record('baseline', 'test', 0.9, 0.25, 3.0, '1000'), record('baseline', 'test', 0.99, 0.75, 7.5, '1110'),
+            record('rcd', 'test', 0.9, 0.5, 3.1, '1100'), record('rcd', 'test', 0.99, 1.0, 4.4, '1111'),
+            record('slow', 'test', 0.9, 1.0, 5.0, '1111')]
+    table = claim_table(test, val, 'baseline')
+    # rcd within 4 passes is threshold 0.9 (0.99 costs 4.2 on val, although it is better on test)
+    assert '| rcd | 1: 75.0 → 50.0, -25.0 [' in table and '(7.5 → 3.1; threshold 0.9) | -25.0 |' in table
+    assert '| slow | 1: nothing within 4.0 passes on val | -75.0 |' in table
+
+
 def test_greedy_digging_leaves_no_removable_given():
     rng = np.random.default_rng(0)
     grids = np.array([sudoku.fill_grid(random.Random(i)) for i in range(8)])
@@ -196,6 +209,19 @@ def test_held_out_grids_are_no_symmetric_copy_of_a_training_grid(small_set):
         with open(os.path.join(small_set, f'{split}.pkl'), 'rb') as f:
             held_out = [[int(c) for c in solution] for _, solution in pickle.load(f)]
         assert not {invariant(g) for g in held_out} & seen, split
+
+
+def test_the_stored_ceiling_and_claim_tables_come_from_the_stored_records():
+    with open(os.path.join(common.ROOT, 'results', 'sudoku_ceiling_h200.md')) as f:
+        published = set(f.read().splitlines())
+    rows = []
+    for name in ('sudoku_frontier_h200', 'sudoku_hard_frontier_h200', 'sudoku_mixed_start_h200',
+                 'sudoku_hard_mixed_start_h200'):
+        path = os.path.join(common.ROOT, 'results', name)
+        test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
+        rows += frontier_table(test, val, [1000.0], 'baseline').splitlines()
+        rows += claim_table(test, val, 'baseline').splitlines()
+    assert len(rows) == 40 and not [r for r in rows if r not in published]
 
 
 @pytest.mark.parametrize('name', ['sudoku_frontier_h200', 'sudoku_hard_frontier_h200', 'sudoku_mixed_start_h200',
