@@ -238,6 +238,8 @@ def claim_table(test_rows, val_rows, baseline_label):
     within them on val, and is paired with the ceiling on the same test items."""
     val_of = {(r['label'], r['train_seed'], setting_of(r)): r for r in val_rows}
     ceilings = frontier_points(test_rows, val_rows, [math.inf])
+    if not any(m == baseline_label for m, _ in ceilings):
+        common.fail(f"no records labelled '{baseline_label}' in both files (set --baseline=LABEL)")
     lines = ["| method | seed: the baseline's ceiling → the method in half its passes, difference [95% CI] "
              "(passes; setting) | mean difference |", '|---|---|---|']
     for method in dict.fromkeys(m for m, _ in ceilings if m != baseline_label):
