@@ -39,6 +39,7 @@ alpha_scales = '1.0'         # with use_rcd, to sweep: α multiplied by these (t
                              # with; 0 = the residual off: this model decoded by the plain sampler)
 residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α from softmax(logits / T_res))
 first_steps = 'zero'         # with use_rcd, to sweep: 'zero', 'self', 'reference' (needs reference_ckpt), 'dirichlet'
+residual_steps = '0'         # with use_rcd, to sweep: residuals reach only a block's first N steps (0 = every step)
 reference_ckpt = ''
 split = 'test'               # 'val' to choose settings, 'test' to report
 tokens_per_step_grid = '1,2,4,8'  # static rule settings ('' = none)
@@ -169,6 +170,8 @@ def setting_of(r):
         rule += ', residual off'
     elif r.get('use_rcd') and (r['first_step'] != 'zero' or r['residual_temperature'] != 1.0):
         rule += f", first step {r['first_step']}, T_res {r['residual_temperature']}"
+    if r.get('use_rcd') and r.get('residual_steps'):  # records before the knob have none: every step
+        rule += f", residuals in the first {r['residual_steps']} steps"
     return rule
 
 
@@ -362,15 +365,16 @@ def main():
         common.fail(f'need n_problems >= 0 (0 = all) and batch_size >= 1 (got {n_problems}, {batch_size})')
     temps = numbers(residual_temperatures, 'residual_temperatures', float) if use_rcd else [1.0]
     scales = numbers(alpha_scales, 'alpha_scales', float) if use_rcd else [1.0]
-    knobs = [(a, T, f) for a in scales if a != 0 for T in temps for f in starts]
-    knobs += [(0.0, 1.0, 'zero')] if 0 in scales else []  # the residual off: T_res and first step do nothing
+    cutoffs = numbers(residual_steps, 'residual_steps', int) if use_rcd else [0]
+    knobs = [(a, T, f, n) for a in scales if a != 0 for T in temps for f in starts for n in cutoffs]
+    knobs += [(0.0, 1.0, 'zero', 0)] if 0 in scales else []  # the residual off: the other knobs do nothing
     rules = [('static', k, 0.0) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)]
     rules += [('threshold', 1, tau) for tau in numbers(threshold_grid, 'threshold_grid', float)]
     settings = [rule + knob for rule in rules for knob in knobs]
-    if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0 or a < 0
-                           for rule, k, tau, a, T, _ in settings):
+    if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0 or a < 0 or n < 0
+                           for rule, k, tau, a, T, _, n in settings):
         common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0, '
-                    'alpha_scales >= 0')
+                    'alpha_scales >= 0, residual_steps >= 0')
     try:  # before any scoring: a run must not end with results it cannot write
         os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
         open(records, 'a').close()
@@ -380,9 +384,9 @@ def main():
     dev, autocast = common.setup_device(device, dtype)
     model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
     name = label or ('RCD' if use_rcd else 'baseline')
-    for rule, k, tau, a, T, start in settings:
+    for rule, k, tau, a, T, start, n_res in settings:
         dec.tokens_per_step, dec.threshold, dec.alpha_scale = k, tau, a
-        dec.residual_temperature, dec.first_step = T, start
+        dec.residual_temperature, dec.first_step, dec.residual_steps = T, start, n_res
         t0 = time.perf_counter()
         right, valid, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, name, dec,
                                      reference, torch.Generator(dev).manual_seed(seed))
@@ -391,7 +395,8 @@ def main():
         record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'), dataset=meta['dataset'],
                       split=split, block_size=model.cfg.block_size, use_rcd=use_rcd,
                       alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=a, first_step=start,
-                      residual_temperature=T, rule=rule, tokens_per_step=k if rule == 'static' else None,
+                      residual_temperature=T, residual_steps=n_res, rule=rule,
+                      tokens_per_step=k if rule == 'static' else None,
                       threshold=tau if rule == 'threshold' else None, n=n, correct=correct, accuracy=correct / n,
                       ci95=wilson_interval(correct, n), valid=valid, items=''.join('01'[x] for x in right),
                       mean_passes=passes, wall_s=wall,

@@ -55,6 +55,8 @@ residual_temperature = 1.0   # T_res: with use_rcd, α is the entropy of softmax
 first_step = 'zero'          # with use_rcd, the residual of a block's first step: 'zero' (cold start), 'self' (one
                              # extra pass of the model), 'reference' (one pass of reference_ckpt),
                              # 'dirichlet'
+residual_steps = 0           # with use_rcd: residuals reach only a block's first N steps (0 = every step); a
+                             # rollout-trained model saw them at steps 1..rollout_steps only
 reference_ckpt = ''          # the checkpoint of first_step='reference' (a stage-1 model)
 device = 'auto'
 dtype = 'auto'
@@ -74,13 +76,14 @@ class Decoding:
     alpha_scale: float = 1.0
     residual_temperature: float = 1.0
     first_step: str = 'zero'
+    residual_steps: int = 0
 
     def problem(self):
         """What is wrong with these settings, in one line, or None."""
         if self.tokens_per_step < 1 or not 0.0 <= self.threshold <= 1.0 or self.temperature < 0:
             return 'need tokens_per_step >= 1, 0 <= threshold <= 1 and temperature >= 0'
-        if self.residual_temperature <= 0 or self.alpha_scale < 0:
-            return 'need residual_temperature > 0 and alpha_scale >= 0'
+        if self.residual_temperature <= 0 or self.alpha_scale < 0 or self.residual_steps < 0:
+            return 'need residual_temperature > 0, alpha_scale >= 0 and residual_steps >= 0'
         if self.alpha_mode not in ALPHA_MODES:
             return f"alpha_mode='{self.alpha_mode}' must be one of {', '.join(ALPHA_MODES)}"
         if self.first_step not in FIRST_STEPS:
@@ -161,7 +164,7 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
             if not live.any():
                 break
             delta = None  # built before the pass: a replayed graph overwrites its logits at the next replay
-            if res_logits is not None:
+            if res_logits is not None and (dec.residual_steps == 0 or step < dec.residual_steps):
                 delta = residual_of(res_logits, model.wte.weight, mask_id, remasked, dec.alpha_mode,
                                     dec.alpha_constant, dec.alpha_scale, dec.residual_temperature)
             logits = target(s, e, delta)
@@ -310,7 +313,7 @@ def is_right(pred, solution, prefix):
 
 def main():
     dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant, alpha_scale,
-                   residual_temperature, first_step)
+                   residual_temperature, first_step, residual_steps)
     check_decoding(dec, reference_ckpt)
     if num_samples < 1 or max_new_tokens < 0:
         common.fail(f'need num_samples >= 1 and max_new_tokens >= 0 (got {num_samples}, {max_new_tokens})')
@@ -320,6 +323,7 @@ def main():
     rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
     if use_rcd:
         rule += f', RCD alpha={alpha_mode}, first step {first_step}'
+        rule += f', residuals in the first {residual_steps} steps' if residual_steps else ''
     if tokens_per_step > model.cfg.block_size and threshold == 0:
         print(f'note: tokens_per_step={tokens_per_step} is more than a block ({model.cfg.block_size} tokens): '
               f'each step commits the whole block')

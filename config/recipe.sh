@@ -6,7 +6,8 @@
 #      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout` (states and residuals from a
 #      short no-grad threshold-decoding rollout of the target itself) and `rcd_rollout_light` (the same, alpha x 0.25);
 #   3. every arm and seed scored on val and on test over the same grid of decoding settings (confidence thresholds,
-#      tokens per step; for RCD also T_res, and the residual off: its model decoded by the plain sampler);
+#      tokens per step; for RCD also T_res, residuals in a block's first RES_STEPS steps only, and the residual
+#      off: its model decoded by the plain sampler);
 #   4. the frontier: at each budget of P passes per answer, the setting chosen on val, scored on test, paired to
 #      the baseline's on the same puzzles; the ceiling (the best setting at any cost, chosen on val); each method
 #      in half the passes of the baseline's ceiling; the plot; paired differences per setting.
@@ -16,7 +17,8 @@
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
 # ARMS (also rcd_rollout_mixed{,_light}: half the rollouts start at a noised state), FIRST_STEPS (RCD's first
-# steps to sweep, e.g. zero,dirichlet) [zero], JOBS (processes at once) [8 gpu, 1 cpu],
+# steps to sweep, e.g. zero,dirichlet) [zero], RES_STEPS (residual cutoffs to sweep: 0 = every step; 5 = the
+# steps a 4-step rollout trained) [0,5], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
@@ -94,7 +96,7 @@ for split in val test; do
   for s in $SEEDS; do
     for arm in $ARMS; do
       rcd=(); [ "$arm" = baseline ] || rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
-        --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}")
+        --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}" --residual_steps="${RES_STEPS:-0,5}")
       out=$RUN_DIR/$split/${arm}_s$s.jsonl
       [ -f "$out" ] || job "${split}_${arm}_s$s" python eval.py --ckpt="$RUN_DIR/s$s/$arm/ckpt.pt" --label="$arm" \
         --split=$split "${rcd[@]}" --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
