@@ -44,7 +44,8 @@ residual_fraction = 0.5      # share of rows trained with residuals; the others 
 reference_extra_mask = 0.0   # step-aligned reference: it reads x_t with each visible token also
                              # masked with this probability (0 = the paper: the same x_t)
 rollout_steps = 0            # > 0: residual rows take state and residual from 0..rollout_steps
-                             # no-grad threshold-decoding steps of the target (docs/method.md)
+                             # no-grad threshold-decoding steps of the target (docs/method.md); with
+                             # alpha_mode='none' the states only: the control without residuals
 rollout_noised = 0.0         # share of rollout rows that start at add_noise's x_t (any masking
                              # rate, 1+ steps) instead of all [MASK]: late states get residuals too
 # noise and loss (as stage 1)
@@ -146,7 +147,7 @@ def batch_loss(forward, split, batch_seed):
     x0, prompt_mask, gen = batches.get(split, batch_seed)
     x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max,
                                gen)
-    n = round(residual_fraction * len(x0)) if alpha_mode != 'none' else 0
+    n = round(residual_fraction * len(x0)) if alpha_mode != 'none' or rollout_steps > 0 else 0
     if n == 0:  # no residual rows: no reference pass
         return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
     if rollout_steps > 0:  # decoding's own states and residuals, recurrence included

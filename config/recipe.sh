@@ -16,7 +16,8 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS (also rcd_rollout_mixed{,_light}: half the rollouts start at a noised state), FIRST_STEPS (RCD's first
+# ARMS (also rcd_rollout_mixed{,_light}: half the rollouts start at a noised state; baseline_rollout: the
+# rollout's states without residuals, which tells the residual's gain from the states'), FIRST_STEPS (RCD's first
 # steps to sweep, e.g. zero,dirichlet) [zero], RES_STEPS (residual cutoffs to sweep: 0 = every step; 5 = the
 # steps a 4-step rollout trained) [0,5], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
@@ -56,6 +57,7 @@ join() {  # wait for every job; stop if any failed
 arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_scale, and 0)
   case $1 in
     baseline) echo --alpha_mode=none ;;
+    baseline_rollout) echo --alpha_mode=none --rollout_steps=4 ;;  # the control: rollout states, no residual
     rcd) echo --alpha_mode=entropy ;;
     rcd_rollout) echo --alpha_mode=entropy --rollout_steps=4 ;;
     rcd_rollout_light) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 ;;
@@ -95,8 +97,8 @@ for split in val test; do
   K=$K_TEST; [ $split = val ] && K=$K_VAL
   for s in $SEEDS; do
     for arm in $ARMS; do
-      rcd=(); [ "$arm" = baseline ] || rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
-        --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}" --residual_steps="${RES_STEPS:-0,5}")
+      rcd=(); case $arm in baseline*) ;; *) rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
+        --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}" --residual_steps="${RES_STEPS:-0,5}") ;; esac
       out=$RUN_DIR/$split/${arm}_s$s.jsonl
       [ -f "$out" ] || job "${split}_${arm}_s$s" python eval.py --ckpt="$RUN_DIR/s$s/$arm/ckpt.pt" --label="$arm" \
         --split=$split "${rcd[@]}" --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \

@@ -266,6 +266,10 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     visible = [(start != model.cfg.mask_id) & ~prompt for start, prompt, _ in calls]
     assert not visible[0].any() and visible[1].any()  # all [MASK], then the noised x_t
     assert calls[0][2].max() <= 1 and (calls[1][2] == 1).all()  # a noised start takes at least one step
+    g['batch_loss'].__globals__.update(alpha_mode='none', rollout_noised=0.0)  # the control: rollout states,
+    g['batch_loss'](target_spy, 'train', 0)                                    # no residual
+    assert len(calls) == 3 and calls[2][0].shape[0] == half and not seen['delta'].any()
+    assert (seen['x_t'][:half] != model.cfg.mask_id).sum() > (calls[2][0] != model.cfg.mask_id).sum()  # it moved
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
