@@ -97,6 +97,12 @@ def step_aligned(x_t, visible, mask_id, rate, generator=None):
     return torch.where(extra, mask_id, x_t)
 
 
+def stratified_steps(n, high, low=0, device=None):
+    """n rollout step counts, low..high in equal groups. The rows are drawn at random, so this is a uniform
+    draw per row; the fixed counts give every rollout step the same number of rows each batch (no recompiles)."""
+    return low + torch.arange(n, device=device) * (high - low + 1) // max(n, 1)
+
+
 @torch.no_grad()
 def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
     """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). From
@@ -108,19 +114,21 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
     its masked positions, each block's masked fraction, and what its residual is built from."""
     b, L = x0.shape
     B, mask_id = model.cfg.block_size, model.cfg.mask_id
+    order = n_steps.argsort(descending=True, stable=True)  # step s runs the first rows: those with > s steps
+    x0, x_t, threshold = x0[order], x_t[order].clone(), threshold[order]
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
-    for step in range(int(n_steps.max())):  # every row runs: a fixed batch keeps one compiled graph
-        masked = x_t == mask_id
-        new_logits = model(x_t, x0, residual(logits, remasked)).float()
-        conf = residual_probs(new_logits, mask_id).amax(-1).masked_fill(~masked, -1.0)
-        conf = conf.view(b, L // B, B)
-        commit = (conf >= threshold[:, None, None]) | (conf == conf.amax(-1, keepdim=True))
-        moving = (step < n_steps)[:, None]  # a row whose steps are done keeps its state
-        commit = commit.view(b, L) & masked & moving
-        x_t = torch.where(commit, x0, x_t)
-        logits = torch.where(moving[..., None], new_logits, logits)
-        remasked = torch.where(moving, masked & ~commit, remasked)
+    for k in (n_steps[:, None] > torch.arange(int(n_steps.max()), device=n_steps.device)).sum(0).tolist():
+        masked = x_t[:k] == mask_id
+        logits[:k] = model(x_t[:k], x0[:k], residual(logits[:k], remasked[:k])).float()
+        conf = residual_probs(logits[:k], mask_id).amax(-1).masked_fill(~masked, -1.0)
+        conf = conf.view(k, L // B, B)
+        commit = (conf >= threshold[:k, None, None]) | (conf == conf.amax(-1, keepdim=True))
+        commit = commit.view(k, L) & masked
+        x_t[:k] = torch.where(commit, x0[:k], x_t[:k])
+        remasked[:k] = masked & ~commit
+    back = order.argsort()  # the caller's row order
+    x_t, logits, remasked = x_t[back], logits[back], remasked[back]
     masked = x_t == mask_id
     noisable = (~prompt_mask).view(b, L // B, B).sum(-1).clamp(min=1)
     t = (masked.view(b, L // B, B).sum(-1) / noisable).clamp(min=1 / B).repeat_interleave(B, dim=1)

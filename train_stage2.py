@@ -152,12 +152,10 @@ def batch_loss(forward, split, batch_seed):
         return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
     if rollout_steps > 0:  # decoding's own states and residuals, recurrence included
         start = torch.where(prompt_mask[:n], x0[:n], mask_id)  # a block's start: all [MASK]
-        steps = torch.randint(0, rollout_steps + 1, (n,), device=device, generator=gen)
-        if rollout_noised > 0:  # mid-block starts; each takes a step or more, or it has no residual
-            noised = torch.rand(n, device=device, generator=gen) < rollout_noised
-            start = torch.where(noised[:, None], x_t[:n], start)
-            steps = torch.where(noised, torch.randint(1, rollout_steps + 1, (n,), device=device,
-                                                      generator=gen), steps)
+        m = round(rollout_noised * n)  # the first m rows start mid-block and take a step or more
+        start[:m] = x_t[:m]
+        steps = torch.cat((rcd.stratified_steps(m, rollout_steps, 1, device),
+                           rcd.stratified_steps(n - m, rollout_steps, 0, device)))
         threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=gen))
         state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, residual_of)
         x_t[:n], masked[:n], t[:n], logits, remasked = state

@@ -370,8 +370,18 @@ def test_rollout_commits_like_threshold_decoding_by_hand():
     assert not calls[0].any() and not model.deltas[0].any()
     assert calls[1][0].tolist() == [False, True, False, True, True, True, False, True]
     assert model.deltas[1][0, :, 0].tolist() == calls[1][0].float().tolist()  # and the model read it
-    # every row runs every step, so the compiled model sees one batch shape; row 1 keeps its start state
-    assert [len(d) for d in model.deltas] == [2, 2]
+    # step s runs only the rows with more than s steps: row 1 (no steps) never reaches the model
+    assert [len(d) for d in model.deltas] == [1, 1]
+    # the rows come back in the caller's order, whatever the order of their step counts
+    flipped = rcd.rollout(model, x0.flip(0), start, torch.zeros_like(x0, dtype=torch.bool), torch.tensor([0, 2]),
+                          torch.tensor([0.9, 0.9]), residual)
+    assert all(torch.equal(a.flip(0), b) for a, b in zip((x_t, masked, t, logits, remasked), flipped))
+
+
+def test_stratified_steps_are_equal_groups():
+    assert rcd.stratified_steps(10, 4).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert rcd.stratified_steps(8, 4, low=1).tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert rcd.stratified_steps(0, 4).tolist() == []
 
 
 def test_rollout_from_a_noised_state_by_hand():
