@@ -98,8 +98,9 @@ def step_aligned(x_t, visible, mask_id, rate, generator=None):
 
 
 def stratified_steps(n, high, low=0, device=None):
-    """n rollout step counts, low..high in equal groups. The rows are drawn at random, so this is a uniform
-    draw per row; the fixed counts give every rollout step the same number of rows each batch (no recompiles)."""
+    """n rollout step counts, low..high in equal groups. The rows are drawn at random, so each row's
+    count is still uniform; fixed counts give each rollout step the same batch size every time (no
+    recompiles of the compiled model)."""
     return low + torch.arange(n, device=device) * (high - low + 1) // max(n, 1)
 
 
@@ -114,11 +115,12 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
     its masked positions, each block's masked fraction, and what its residual is built from."""
     b, L = x0.shape
     B, mask_id = model.cfg.block_size, model.cfg.mask_id
-    order = n_steps.argsort(descending=True, stable=True)  # step s runs the first rows: those with > s steps
+    order = n_steps.argsort(descending=True, stable=True)  # step s runs the first rows (> s steps)
     x0, x_t, threshold = x0[order], x_t[order].clone(), threshold[order]
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
-    for k in (n_steps[:, None] > torch.arange(int(n_steps.max()), device=n_steps.device)).sum(0).tolist():
+    steps = torch.arange(int(n_steps.max()), device=n_steps.device)
+    for k in (n_steps[:, None] > steps).sum(0).tolist():  # k: the rows that take this step
         masked = x_t[:k] == mask_id
         logits[:k] = model(x_t[:k], x0[:k], residual(logits[:k], remasked[:k])).float()
         conf = residual_probs(logits[:k], mask_id).amax(-1).masked_fill(~masked, -1.0)
