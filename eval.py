@@ -337,6 +337,7 @@ def numbers(text, name, kind):
 
 
 def main():
+    """The tables from records (--frontier, --claim, --plot, --compare), or else a sweep that writes them."""
     budget_list = numbers(budgets, 'budgets', float)
     if plot or frontier or claim:
         if not val:
@@ -352,6 +353,12 @@ def main():
                      + ', '.join(f'{method} {100 * m:.1f}' for method, m in means))
     if compare:
         return print(comparison(read_records(compare), baseline))
+    sweep(*sweep_settings())
+
+
+def sweep_settings():
+    """(decoding, settings): every (rule, k, τ, α scale, T_res, first step, residual steps) the config
+    asks for, each checked before any work."""
     dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant)
     starts = first_steps.split(',')
     for start in starts:  # each first step checked alone, as sample.py checks it
@@ -375,6 +382,11 @@ def main():
                            for rule, k, tau, a, T, _, n in settings):
         common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0, '
                     'alpha_scales >= 0, residual_steps >= 0')
+    return dec, settings
+
+
+def sweep(dec, settings):
+    """Score every setting on the split: one JSON record per setting, appended to `records`."""
     try:  # before any scoring: a run must not end with results it cannot write
         os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
         open(records, 'a').close()
