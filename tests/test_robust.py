@@ -104,6 +104,7 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
         (['sample.py', f'--ckpt={ckpt_dir}', '--device=cpu'], 1, 'is a directory: give the ckpt.pt file'),
         (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=0'], 1, 'need num_samples >= 1'),
         (['sample.py', f'--ckpt={tiny_ckpt}', '--device=tpu'], 1, "device='tpu'"),
+        (['sample.py', f'--ckpt={tiny_ckpt}', '--use_rcd=True', '--residual_steps=-1'], 1, 'residual_steps >= 0'),
         (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=1', '--tokens_per_step=99'], 0,
          'more than a block'),
         (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--n_problems=-1'], 1, 'need n_problems >= 0'),
