@@ -105,18 +105,20 @@ def stratified_steps(n, high, low=0, device=None):
 
 
 @torch.no_grad()
-def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
+def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_residual=None):
     """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). From
     the state x_t (all [MASK] is a block's start), row r takes n_steps[r] no-grad denoising steps of
     `model`, each fed the previous step's residual: commit the masked positions whose top
     probability reaches threshold[r] (at least the most confident one of each block) with their true
     tokens, and keep the rest's predictions for the next step. residual(logits, remasked) -> delta
-    builds a residual. Returns (x_t, masked, t, logits, remasked): the state the next step reads,
+    builds a residual; rows where reads_residual (b,) is False never read one. Returns (x_t, masked, t, logits, remasked): the state the next step reads,
     its masked positions, each block's masked fraction, and what its residual is built from."""
     b, L = x0.shape
     B, mask_id = model.cfg.block_size, model.cfg.mask_id
+    if reads_residual is None:  # every row reads its residual
+        reads_residual = torch.ones_like(n_steps, dtype=torch.bool)
     order = n_steps.argsort(descending=True, stable=True)  # step s runs the first rows (> s steps)
-    x0, x_t, threshold = x0[order], x_t[order].clone(), threshold[order]
+    x0, x_t, threshold, reads = x0[order], x_t[order].clone(), threshold[order], reads_residual[order]
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
     steps = torch.arange(int(n_steps.max()), device=n_steps.device)
@@ -128,7 +130,7 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual):
         commit = (conf >= threshold[:k, None, None]) | (conf == conf.amax(-1, keepdim=True))
         commit = commit.view(k, L) & masked
         x_t[:k] = torch.where(commit, x0[:k], x_t[:k])
-        remasked[:k] = masked & ~commit
+        remasked[:k] = masked & ~commit & reads[:k, None]
     back = order.argsort()  # the caller's row order
     x_t, logits, remasked = x_t[back], logits[back], remasked[back]
     masked = x_t == mask_id

@@ -48,6 +48,8 @@ rollout_steps = 0            # > 0: residual rows take state and residual from 0
                              # alpha_mode='none' the states only: the control without residuals
 rollout_noised = 0.0         # share of rollout rows that start at add_noise's x_t (any masking
                              # rate, 1+ steps) instead of all [MASK]: late states get residuals too
+rollout_plain = 0.0          # share of rollout rows that read no residual, as the control's rows do:
+                             # the model also learns decoding's own states without one
 # noise and loss (as stage 1)
 mask_rate_min = 0.0          # a block's masking rate t: uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
@@ -88,8 +90,8 @@ if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= reference_extra_mask < 1.0):
     common.fail('need 0 <= residual_fraction <= 1 and 0 <= reference_extra_mask < 1')
 if rollout_steps < 0 or alpha_scale < 0:
     common.fail(f'need rollout_steps, alpha_scale >= 0 (got {rollout_steps}, {alpha_scale})')
-if not 0.0 <= rollout_noised <= 1.0:
-    common.fail(f'need 0 <= rollout_noised <= 1 (got {rollout_noised})')
+if not (0.0 <= rollout_noised <= 1.0 and 0.0 <= rollout_plain <= 1.0):
+    common.fail(f'need 0 <= rollout_noised, rollout_plain <= 1 (got {rollout_noised}, {rollout_plain})')
 torch.manual_seed(seed)
 device, autocast = common.setup_device(device, dtype)
 rank, n_proc = common.world()
@@ -157,7 +159,10 @@ def batch_loss(forward, split, batch_seed):
         steps = torch.cat((rcd.stratified_steps(m, rollout_steps, 1, device),
                            rcd.stratified_steps(n - m, rollout_steps, 0, device)))
         threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=gen))
-        state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, residual_of)
+        row = torch.arange(n, device=device)
+        reads = (row * rollout_plain).floor() == ((row + 1) * rollout_plain).floor()  # plain: spread
+        state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, residual_of,
+                            reads)
         x_t[:n], masked[:n], t[:n], logits, remasked = state
     else:  # the reference reads the same x_t (or a step-aligned one), predicts its masked positions
         x_ref = x_t[:n]

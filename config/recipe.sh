@@ -17,7 +17,8 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS (also rcd_rollout: alpha x 1; rcd_rollout_mixed{,_light}: half the rollouts start at a noised state),
+# ARMS (also rcd_rollout: alpha x 1; rcd_rollout_mixed{,_light}: half the rollouts start at a noised state;
+# rcd_rollout_light_plain: every row a rollout row, half of them without residuals, as the control's),
 # FIRST_STEPS (RCD's first steps to sweep, e.g. zero,dirichlet) [zero], RES_STEPS (residual cutoffs to sweep:
 # 0 = every step; 5 = the steps a 4-step rollout trains) [0,5], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
@@ -63,11 +64,13 @@ arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_sc
     rcd_rollout_light) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 ;;
     rcd_rollout_mixed) echo --alpha_mode=entropy --rollout_steps=4 --rollout_noised=0.5 ;;  # not in the default ARMS
     rcd_rollout_mixed_light) echo --alpha_mode=entropy --rollout_steps=4 --rollout_noised=0.5 --alpha_scale=0.25 ;;
+    rcd_rollout_light_plain) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 --residual_fraction=1.0 \
+      --rollout_plain=0.5 ;;  # light's residual rows and the control's rows, half each (not in the default ARMS)
     *) echo "unknown arm '$1'" >&2; exit 2 ;;
   esac
 }
 for arm in $ARMS; do arm_flags "$arm" > /dev/null; done  # an unknown arm stops here, before any work
-scale_of() { case $1 in *_light) echo 0.25 ;; *) echo 1.0 ;; esac; }
+scale_of() { case $1 in *_light*) echo 0.25 ;; *) echo 1.0 ;; esac; }
 
 if [ ! -f "$DATA/train.bin" ]; then
   case $MODE in

@@ -270,6 +270,10 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     g['batch_loss'](target_spy, 'train', 0)                                    # no residual
     assert len(calls) == 3 and calls[2][0].shape[0] == half and not seen['delta'].any()
     assert (seen['x_t'][:half] != model.cfg.mask_id).sum() > (calls[2][0] != model.cfg.mask_id).sum()  # it moved
+    g['batch_loss'].__globals__.update(alpha_mode='entropy', rollout_plain=0.5)  # every other rollout row: no
+    g['batch_loss'](target_spy, 'train', 0)                                      # residual, as the control's
+    reads = seen['delta'][:half].abs().sum((1, 2)) > 0
+    assert reads[0::2].any() and not reads[1::2].any()
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
@@ -376,6 +380,13 @@ def test_rollout_commits_like_threshold_decoding_by_hand():
     flipped = rcd.rollout(model, x0.flip(0), start, torch.zeros_like(x0, dtype=torch.bool), torch.tensor([0, 2]),
                           torch.tensor([0.9, 0.9]), residual)
     assert all(torch.equal(a.flip(0), b) for a, b in zip((x_t, masked, t, logits, remasked), flipped))
+    # a row that reads no residual (the control's rows): the same commits, no residual at any step
+    calls.clear()
+    plain = rcd.rollout(model, x0, start, torch.zeros_like(x0, dtype=torch.bool), torch.tensor([2, 2]),
+                        torch.tensor([0.9, 0.9]), residual, torch.tensor([True, False]))
+    assert torch.equal(plain[1][0], masked[0]) and torch.equal(plain[1][1], masked[0])
+    assert calls[1][0].tolist() == [False, True, False, True, True, True, False, True]  # row 0 as before
+    assert not calls[1][1].any() and not plain[4][1].any() and torch.equal(plain[4][0], remasked[0])
 
 
 def test_stratified_steps_are_equal_groups():
