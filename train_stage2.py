@@ -92,6 +92,8 @@ if rollout_steps < 0 or alpha_scale < 0:
     common.fail(f'need rollout_steps, alpha_scale >= 0 (got {rollout_steps}, {alpha_scale})')
 if not (0.0 <= rollout_noised <= 1.0 and 0.0 <= rollout_plain <= 1.0):
     common.fail(f'need 0 <= rollout_noised, rollout_plain <= 1 (got {rollout_noised}, {rollout_plain})')
+if (rollout_noised or rollout_plain) and rollout_steps == 0:
+    common.fail('rollout_noised and rollout_plain shape the rollout: use them with --rollout_steps > 0')
 torch.manual_seed(seed)
 device, autocast = common.setup_device(device, dtype)
 rank, n_proc = common.world()

@@ -108,6 +108,7 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
         (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=1', '--tokens_per_step=99'], 0,
          'more than a block'),
         (['train_stage2.py', '--rollout_plain=2'], 1, 'need 0 <= rollout_noised, rollout_plain <= 1'),
+        (['train_stage2.py', '--rollout_plain=0.5'], 1, 'use them with --rollout_steps > 0'),
         (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--n_problems=-1'], 1, 'need n_problems >= 0'),
         (['bench.py', '--sizes=nosuch'], 1, 'unknown size or section: nosuch'),
         (['bench.py', '--sections=bogus'], 1, 'unknown size or section: bogus'),
