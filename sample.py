@@ -88,8 +88,8 @@ class Decoding:
             return f"alpha_mode='{self.alpha_mode}' must be one of {', '.join(ALPHA_MODES)}"
         if self.first_step not in FIRST_STEPS:
             return f"first_step='{self.first_step}' must be one of {', '.join(FIRST_STEPS)}"
-        if self.first_step != 'zero' and not self.use_rcd:
-            return 'first_step seeds the residual of RCD sampling: use it with --use_rcd=True'
+        if (self.first_step != 'zero' or self.residual_steps) and not self.use_rcd:
+            return 'first_step and residual_steps shape RCD sampling: use them with --use_rcd=True'
         return None
 
 

@@ -72,7 +72,7 @@ def test_frontier_table_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, 
 @pytest.mark.parametrize('args,message', [
     (['--threshold_grid=a,b'], "must be comma-separated numbers"),
     (['--tokens_per_step_grid=0'], 'tokens per step >= 1'),
-    (['--first_steps=self'], 'use it with --use_rcd=True'),
+    (['--first_steps=self'], 'use them with --use_rcd=True'),
     (['--use_rcd=True', '--first_steps=zero,reference'], "needs --reference_ckpt=PATH"),
     (['--use_rcd=True', '--first_steps=zero,nosuch'], "nosuch"),
     (['--use_rcd=True', '--reference_ckpt=x.pt'], "reference_ckpt is read only by first_steps 'reference'"),

@@ -105,6 +105,7 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
         (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=0'], 1, 'need num_samples >= 1'),
         (['sample.py', f'--ckpt={tiny_ckpt}', '--device=tpu'], 1, "device='tpu'"),
         (['sample.py', f'--ckpt={tiny_ckpt}', '--use_rcd=True', '--residual_steps=-1'], 1, 'residual_steps >= 0'),
+        (['sample.py', f'--ckpt={tiny_ckpt}', '--residual_steps=5'], 1, 'use them with --use_rcd=True'),
         (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=1', '--tokens_per_step=99'], 0,
          'more than a block'),
         (['train_stage2.py', '--rollout_plain=2'], 1, 'need 0 <= rollout_noised, rollout_plain <= 1'),
