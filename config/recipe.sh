@@ -122,6 +122,14 @@ done
   echo
   echo "# the paper's claim, per seed: each method in half the passes of the baseline's ceiling, paired with it"
   python eval.py --claim="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
+  if [[ " $ARMS " == *" baseline_rollout "* ]]; then  # the control: what the residual adds to its states
+    echo
+    echo "# the frontier and the claim against the control (baseline_rollout)"
+    for table in frontier claim; do
+      python eval.py --$table="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" --baseline=baseline_rollout \
+        | grep -v '^config:'
+    done
+  fi
   echo
   echo "# paired differences to the baseline on test, per setting"
   python eval.py --compare="$RUN_DIR/test.jsonl" | grep -v '^config:'
