@@ -69,6 +69,7 @@ def test_compiled_rollout_matches_the_cpu_path():
     prompt[:, :8] = True
     start = torch.where(prompt, x0, cfg.mask_id)
     steps, threshold = torch.arange(12) % 5, torch.linspace(0.9, 0.999, 12)
+    reads = torch.arange(12) % 3 != 0  # a third of the rows read no residual (rollout_plain)
     outs = []
     for m, dev in ((cpu, 'cpu'), (torch.compile(gpu), 'cuda')):
         emb = (cpu if dev == 'cpu' else gpu).wte.weight
@@ -76,8 +77,9 @@ def test_compiled_rollout_matches_the_cpu_path():
         def residual(logits, remasked):
             return rcd.logits_residual(logits, emb, cfg.mask_id, remasked, 'entropy')
         outs.append(rcd.rollout(m, x0.to(dev), start.to(dev), prompt.to(dev), steps.to(dev), threshold.to(dev),
-                                residual))
-    (x_cpu, _, t_cpu, logits_cpu, _), (x_gpu, _, t_gpu, logits_gpu, _) = outs
+                                residual, reads.to(dev)))
+    (x_cpu, _, t_cpu, logits_cpu, remasked_cpu), (x_gpu, _, t_gpu, logits_gpu, remasked_gpu) = outs
+    assert not remasked_cpu[~reads].any() and not remasked_gpu[~reads.cuda()].any()
     assert (x_gpu.cpu() == x_cpu).float().mean() > 0.99 and (x_cpu != start).any()
     assert torch.allclose(t_gpu.cpu(), t_cpu, atol=0.05)
     assert (logits_gpu.cpu().argmax(-1) == logits_cpu.argmax(-1)).float().mean() > 0.99
