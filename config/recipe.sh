@@ -100,8 +100,10 @@ for split in val test; do
   K=$K_TEST; [ $split = val ] && K=$K_VAL
   for s in $SEEDS; do
     for arm in $ARMS; do
-      rcd=(); case $arm in baseline*) ;; *) rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
-        --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}" --residual_steps="${RES_STEPS:-0,5}") ;; esac
+      rcd=()  # the baselines decode with the plain sampler; RCD arms sweep their knobs too
+      case $arm in baseline*) ;; *) rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
+        --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}" --residual_steps="${RES_STEPS:-0,5}") ;;
+      esac
       out=$RUN_DIR/$split/${arm}_s$s.jsonl
       [ -f "$out" ] || job "${split}_${arm}_s$s" python eval.py --ckpt="$RUN_DIR/s$s/$arm/ckpt.pt" --label="$arm" \
         --split=$split "${rcd[@]}" --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
