@@ -111,8 +111,9 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_res
     `model`, each fed the previous step's residual: commit the masked positions whose top
     probability reaches threshold[r] (at least the most confident one of each block) with their true
     tokens, and keep the rest's predictions for the next step. residual(logits, remasked) -> delta
-    builds a residual; rows where reads_residual (b,) is False never read one. Returns (x_t, masked, t, logits, remasked): the state the next step reads,
-    its masked positions, each block's masked fraction, and what its residual is built from."""
+    builds a residual; rows where reads_residual (b,) is False never read one. Returns (x_t, masked,
+    t, logits, remasked): the state the next step reads, its masked positions, each block's masked
+    fraction, and what its residual is built from."""
     b, L = x0.shape
     B, mask_id = model.cfg.block_size, model.cfg.mask_id
     if reads_residual is None:  # every row reads its residual
@@ -121,8 +122,8 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_res
     x0, x_t, threshold, reads = x0[order], x_t[order].clone(), threshold[order], reads_residual[order]
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
-    steps = torch.arange(int(n_steps.max()), device=n_steps.device)
-    for k in (n_steps[:, None] > steps).sum(0).tolist():  # k: the rows that take this step
+    counts = n_steps.tolist()  # one read back to the host per rollout
+    for k in [sum(c > s for c in counts) for s in range(max(counts, default=0))]:  # rows at step s
         masked = x_t[:k] == mask_id
         logits[:k] = model(x_t[:k], x0[:k], residual(logits[:k], remasked[:k])).float()
         conf = residual_probs(logits[:k], mask_id).amax(-1).masked_fill(~masked, -1.0)
