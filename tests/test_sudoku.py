@@ -227,7 +227,7 @@ def test_the_stored_ceiling_and_claim_tables_come_from_the_stored_records():
 @pytest.mark.parametrize('name', ['sudoku_frontier_h200', 'sudoku_hard_frontier_h200', 'sudoku_mixed_start_h200',
                                   'sudoku_hard_mixed_start_h200', 'sudoku_decode_knobs_h200',
                                   'sudoku_hard_decode_knobs_h200', 'sudoku_control_pilot_h200',
-                                  'sudoku_hard_control_pilot_h200'])
+                                  'sudoku_hard_control_pilot_h200', 'sudoku_hard_control_h200'])
 def test_the_stored_results_tables_come_from_the_stored_records(name):
     """Every table row in results/<name>.md is what eval.py computes today from the records beside it: the
     published numbers and the statistics code cannot drift apart. The later runs' files also hold the ceiling and
