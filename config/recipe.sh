@@ -3,9 +3,10 @@
 # one GPU:
 #   1. stage 1, one model per seed;
 #   2. stage 2 from each (the same data, iterations and schedule): `baseline` (stage 1 continued, alpha = 0), `rcd`
-#      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout_light` (states and residuals from
-#      a short no-grad threshold-decoding rollout of the target itself, alpha x 0.25) and `baseline_rollout` (the
-#      control: the rollout's states, alpha = 0), which tells the residual's gain from the states';
+#      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout_light_plain` (states from a
+#      short no-grad threshold-decoding rollout of the target itself; half the rows also read its residuals, alpha
+#      x 0.25, half read none) and `baseline_rollout` (the control: the rollout's states, alpha = 0), which tells
+#      the residual's gain from the states';
 #   3. every arm and seed scored on val and on test over the same grid of decoding settings (confidence thresholds,
 #      tokens per step; for RCD also T_res, residuals in a block's first RES_STEPS steps only, and the residual
 #      off: its model decoded by the plain sampler);
@@ -17,14 +18,14 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS (also rcd_rollout: alpha x 1; rcd_rollout_mixed{,_light}: half the rollouts start at a noised state;
-# rcd_rollout_light_plain: every row a rollout row, half of them without residuals, as the control's),
+# ARMS (also rcd_rollout_light: every rollout row reads residuals; rcd_rollout: the same, alpha x 1;
+# rcd_rollout_mixed{,_light}: half the rollouts start at a noised state),
 # FIRST_STEPS (RCD's first steps to sweep, e.g. zero,dirichlet) [zero], RES_STEPS (residual cutoffs to sweep:
 # 0 = every step; 5 = the steps a 4-step rollout trains) [0,5], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
-ARMS=${ARMS:-baseline baseline_rollout rcd rcd_rollout_light}
+ARMS=${ARMS:-baseline baseline_rollout rcd rcd_rollout_light_plain}
 THRESHOLDS=0.5,0.7,0.9,0.97,0.99,0.999,0.9999,0.99999
 case $MODE in
   gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-8}; S2=(); N=(); T_RES=1.0,2.0
@@ -65,7 +66,7 @@ arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_sc
     rcd_rollout_mixed) echo --alpha_mode=entropy --rollout_steps=4 --rollout_noised=0.5 ;;  # not in the default ARMS
     rcd_rollout_mixed_light) echo --alpha_mode=entropy --rollout_steps=4 --rollout_noised=0.5 --alpha_scale=0.25 ;;
     rcd_rollout_light_plain) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 --residual_fraction=1.0 \
-      --rollout_plain=0.5 ;;  # light's residual rows and the control's rows, half each (not in the default ARMS)
+      --rollout_plain=0.5 ;;  # light's residual rows and the control's rows, half each
     *) echo "unknown arm '$1'" >&2; exit 2 ;;
   esac
 }
