@@ -3,10 +3,10 @@
 # one GPU:
 #   1. stage 1, one model per seed;
 #   2. stage 2 from each (the same data, iterations and schedule): `baseline` (stage 1 continued, alpha = 0), `rcd`
-#      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout_light_plain` (states from a
-#      short no-grad threshold-decoding rollout of the target itself; half the rows also read its residuals, alpha
-#      x 0.25, half read none) and `baseline_rollout` (the control: the rollout's states, alpha = 0), which tells
-#      the residual's gain from the states';
+#      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout_light_plain` (every row starts
+#      from a short no-grad threshold-decoding rollout of the target itself; half the rows also read its
+#      residuals, alpha x 0.25, half read none) and `baseline_rollout_all` (its control: the same rollout states,
+#      alpha = 0), which tells the residual's gain from the states';
 #   3. every arm and seed scored on val and on test over the same grid of decoding settings (confidence thresholds,
 #      tokens per step; for RCD also T_res, residuals in a block's first RES_STEPS steps only, and the residual
 #      off: its model decoded by the plain sampler);
@@ -18,14 +18,14 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS (also rcd_rollout_light: every rollout row reads residuals; rcd_rollout: the same, alpha x 1;
-# rcd_rollout_mixed{,_light}: half the rollouts start at a noised state),
+# ARMS (also rcd_rollout_light: half the rows are rollout rows, all reading residuals, and baseline_rollout its
+# control; rcd_rollout: the same, alpha x 1; rcd_rollout_mixed{,_light}: half the rollouts start at a noised state),
 # FIRST_STEPS (RCD's first steps to sweep, e.g. zero,dirichlet) [zero], RES_STEPS (residual cutoffs to sweep:
 # 0 = every step; 5 = the steps a 4-step rollout trains) [0,5], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
-ARMS=${ARMS:-baseline baseline_rollout rcd rcd_rollout_light_plain}
+ARMS=${ARMS:-baseline baseline_rollout_all rcd rcd_rollout_light_plain}
 THRESHOLDS=0.5,0.7,0.9,0.97,0.99,0.999,0.9999,0.99999
 case $MODE in
   gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-8}; S2=(); N=(); T_RES=1.0,2.0
@@ -59,7 +59,8 @@ join() {  # wait for every job; stop if any failed
 arm_flags() {  # what each stage-2 arm trains with (and decodes with: --alpha_scale, and 0)
   case $1 in
     baseline) echo --alpha_mode=none ;;
-    baseline_rollout) echo --alpha_mode=none --rollout_steps=4 ;;  # the control: rollout states, no residual
+    baseline_rollout) echo --alpha_mode=none --rollout_steps=4 ;;  # light's control: its states, no residual
+    baseline_rollout_all) echo --alpha_mode=none --rollout_steps=4 --residual_fraction=1.0 ;;  # plain's control
     rcd) echo --alpha_mode=entropy ;;
     rcd_rollout) echo --alpha_mode=entropy --rollout_steps=4 ;;
     rcd_rollout_light) echo --alpha_mode=entropy --rollout_steps=4 --alpha_scale=0.25 ;;
@@ -125,14 +126,15 @@ done
   echo
   echo "# the paper's claim, per seed: each method in half the passes of the baseline's ceiling, paired with it"
   python eval.py --claim="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
-  if [[ " $ARMS " == *" baseline_rollout "* ]]; then  # the control: what the residual adds to its states
+  for control in $ARMS; do  # the controls: what the residual adds to their states
+    [[ $control == baseline_rollout* ]] || continue
     echo
-    echo "# the frontier and the claim against the control (baseline_rollout)"
+    echo "# the frontier and the claim against the control ($control)"
     for table in frontier claim; do
-      python eval.py --$table="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" --baseline=baseline_rollout \
+      python eval.py --$table="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" --baseline="$control" \
         | grep -v '^config:'
     done
-  fi
+  done
   echo
   echo "# paired differences to the baseline on test, per setting"
   python eval.py --compare="$RUN_DIR/test.jsonl" | grep -v '^config:'
