@@ -1,7 +1,7 @@
 """
 Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row with residuals, and
 half of them as with the default residual_fraction=0.5: only those rows go through the reference; and half of
-them through the target's own 4-step decoding rollout, as --rollout_steps=4), (b) attention alone:
+them, or every row, through the target's own 4-step decoding rollout, as --rollout_steps=4), (b) attention alone:
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
 (c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
 without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
@@ -111,7 +111,7 @@ if cuda:
 
 def bench_train(size, spec, cfg):
     """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row, half the rows, half the
-    rows with the rollout)."""
+    rows or every row with the rollout)."""
     L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
     torch.manual_seed(0)
     model = BlockDiffusionLM(cfg).to(dev)
@@ -129,7 +129,8 @@ def bench_train(size, spec, cfg):
     def residual(logits, remasked):
         return residual_fn(logits, model.wte.weight, cfg.mask_id, remasked, 'entropy')
     # half: residual_fraction=0.5; rollout: --rollout_steps=4 (4 steps once a batch has more than a few rows)
-    stages = (('stage1', 0), ('stage2', b), ('stage2 half', b // 2), ('stage2 half rollout', b // 2))
+    stages = (('stage1', 0), ('stage2', b), ('stage2 half', b // 2), ('stage2 half rollout', b // 2),
+              ('stage2 rollout', b))  # every row a rollout row: --residual_fraction=1.0
     for stage, n in stages:
         def step():  # as train_stage2.py's batch_loss (the reference reads the same x_t, or the rollout)
             with autocast:
@@ -162,7 +163,8 @@ def bench_train(size, spec, cfg):
             print_profile(step, f'{size} {stage} training step')
     row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
         residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'],
-        half_rollout_4=step_ms['stage2 half rollout'] / step_ms['stage1'])
+        half_rollout_4=step_ms['stage2 half rollout'] / step_ms['stage1'],
+        every_row_rollout_4=step_ms['stage2 rollout'] / step_ms['stage1'])
     del model, reference, fwd, ref_fwd, opt
     if cuda:
         torch.cuda.empty_cache()
