@@ -274,6 +274,10 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     g['batch_loss'](target_spy, 'train', 0)                                      # residual, as the control's
     reads = seen['delta'][:half].abs().sum((1, 2)) > 0
     assert reads[0::2].any() and not reads[1::2].any()
+    # the plain mix's control: every row a rollout row, none reads a residual
+    g['batch_loss'].__globals__.update(alpha_mode='none', rollout_plain=0.0, residual_fraction=1.0)
+    g['batch_loss'](target_spy, 'train', 0)
+    assert calls[-1][0].shape[0] == x0.shape[0] and not seen['delta'].any()
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
