@@ -50,6 +50,11 @@ job() {  # job NAME CMD...: run CMD in the background (output in logs/NAME.log),
   "${@:2}" > "$RUN_DIR/logs/$1.log" 2>&1 &
   PIDS+=($!)
 }
+first() {  # first PATTERN: the arms that match it, then the others (long jobs start first, short ones fill in)
+  local arm
+  for arm in $ARMS; do if [[ $arm == $1 ]]; then echo "$arm"; fi; done
+  for arm in $ARMS; do if [[ $arm != $1 ]]; then echo "$arm"; fi; done
+}
 join() {  # wait for every job; stop if any failed
   local ok=1 p
   for p in "${PIDS[@]}"; do wait "$p" || ok=0; done
@@ -87,9 +92,9 @@ for s in $SEEDS; do
 done; join
 
 echo "[$(( $(date +%s) - START )) s] stage 2: $ARMS"
-for s in $SEEDS; do
-  D=$RUN_DIR/s$s
-  for arm in $ARMS; do
+for arm in $(first '*rollout*'); do  # the rollout arms are the long jobs
+  for s in $SEEDS; do
+    D=$RUN_DIR/s$s
     # shellcheck disable=SC2046
     [ -f "$D/$arm/ckpt.pt" ] || job "${arm}_s$s" python train_stage2.py "${S2[@]}" --dataset="$DATA" --seed="$s" \
       --max_iters="$ITERS" --lr_decay_iters="$ITERS" --init_from="$D/stage1/ckpt.pt" \
@@ -98,14 +103,14 @@ for s in $SEEDS; do
 done; join
 
 echo "[$(( $(date +%s) - START )) s] val and test: every arm and seed over the decoding grid"
-for split in val test; do
-  K=$K_TEST; [ $split = val ] && K=$K_VAL
-  for s in $SEEDS; do
-    for arm in $ARMS; do
-      rcd=()  # the baselines decode with the plain sampler; RCD arms sweep their knobs too
-      case $arm in baseline*) ;; *) rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
-        --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}" --residual_steps="${RES_STEPS:-0,5}") ;;
-      esac
+for arm in $(first 'rcd*'); do  # the RCD arms' sweeps are the long jobs
+  rcd=()  # the baselines decode with the plain sampler; RCD arms sweep their knobs too
+  case $arm in baseline*) ;; *) rcd=(--use_rcd=True --alpha_scales="$(scale_of "$arm"),0" \
+    --residual_temperatures="$T_RES" --first_steps="${FIRST_STEPS:-zero}" --residual_steps="${RES_STEPS:-0,5}") ;;
+  esac
+  for split in val test; do
+    K=$K_TEST; [ $split = val ] && K=$K_VAL
+    for s in $SEEDS; do
       out=$RUN_DIR/$split/${arm}_s$s.jsonl
       [ -f "$out" ] || job "${split}_${arm}_s$s" python eval.py --ckpt="$RUN_DIR/s$s/$arm/ckpt.pt" --label="$arm" \
         --split=$split "${rcd[@]}" --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
