@@ -301,8 +301,10 @@ def draw(test_path, val_path, budgets):
         import matplotlib.pyplot as plt
     except ImportError:
         common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain JSON lines')
+    seeds = {m: len([1 for mm, _ in points if mm == m]) for m, _ in points}  # per method: they may differ
+    same = len(set(seeds.values())) == 1
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(m for m, _ in points):
+    for method in seeds:
         xs, ys, err = [], [], [[], []]
         for budget in budgets:
             runs = [p[budget] for (m, _), p in points.items() if m == method and budget in p]
@@ -313,14 +315,15 @@ def draw(test_path, val_path, budgets):
                 ys.append(100 * correct / n)
                 err[0].append(ys[-1] - 100 * lo)
                 err[1].append(100 * hi - ys[-1])
-        ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3, label=method)
+        ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3,
+                    label=method if same else f"{method} ({seeds[method]} seed{'s' * (seeds[method] > 1)})")
     ax.set_xlabel('budget: mean forward passes per answer (setting chosen on val)')
     ax.set_ylabel('exact-answer accuracy on test (%)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    seeds = len({r['train_seed'] for r in rows})
+    k = max(seeds.values())
     ax.set_title(f"accuracy-vs-passes frontier ({rows[0]['n']} test problems"
-                 + (f' x {seeds} seeds' if seeds > 1 else '') + ', 95% CI)', fontsize=10)
+                 + (f' x {k} seeds' if same and k > 1 else '') + ', 95% CI)', fontsize=10)
     png = os.path.splitext(test_path)[0] + '.png'
     fig.tight_layout()
     fig.savefig(png, dpi=120)
