@@ -43,7 +43,7 @@ residual_steps = '0'         # with use_rcd, to sweep: residuals reach only a bl
 reference_ckpt = ''
 split = 'test'               # 'val' to choose settings, 'test' to report
 tokens_per_step_grid = '1,2,4,8'  # static rule settings ('' = none)
-threshold_grid = '0.5,0.7,0.9,0.97,0.99,0.999,0.9999,0.99999'  # threshold rule settings ('' = none)
+threshold_grid = '0.5,0.7,0.9,0.95,0.97,0.99,0.999,0.9999,0.99999'  # threshold settings ('' = none)
 n_problems = 0               # problems per setting (0 = all of the split)
 batch_size = 500
 records = 'out/results.jsonl'

@@ -26,7 +26,7 @@
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
 ARMS=${ARMS:-baseline baseline_rollout_all rcd rcd_rollout_light_plain}
-THRESHOLDS=0.5,0.7,0.9,0.97,0.99,0.999,0.9999,0.99999
+THRESHOLDS=0.5,0.7,0.9,0.95,0.97,0.99,0.999,0.9999,0.99999
 case $MODE in
   gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-8}; S2=(); N=(); T_RES=1.0,2.0
        S1=(config/sudoku_gpu.py --max_iters="${STAGE1_ITERS:-4000}" --lr_decay_iters="${STAGE1_ITERS:-4000}")
