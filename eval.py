@@ -15,6 +15,7 @@ The frontier is the measure: at each budget of P forward passes per answer, the 
 with the decoding setting (rule, threshold or tokens per step, RCD's knobs) chosen on the val split among those
 that averaged at most P passes there, then scored on test. Methods are compared paired on the same test items.
 """
+import collections
 import json
 import math
 import os
@@ -301,7 +302,7 @@ def draw(test_path, val_path, budgets):
         import matplotlib.pyplot as plt
     except ImportError:
         common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain JSON lines')
-    seeds = {m: len([1 for mm, _ in points if mm == m]) for m, _ in points}  # per method: they may differ
+    seeds = collections.Counter(m for m, _ in points)  # per method: they may differ
     same = len(set(seeds.values())) == 1
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in seeds:
