@@ -119,7 +119,8 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_res
     if reads_residual is None:  # every row reads its residual
         reads_residual = torch.ones_like(n_steps, dtype=torch.bool)
     order = n_steps.argsort(descending=True, stable=True)  # step s runs the first rows (> s steps)
-    x0, x_t, threshold, reads = x0[order], x_t[order].clone(), threshold[order], reads_residual[order]
+    x0, threshold, reads = x0[order], threshold[order], reads_residual[order]
+    x_t = x_t[order]  # a copy: the caller's x_t stays as it was
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
     counts = n_steps.tolist()  # one read back to the host per rollout
