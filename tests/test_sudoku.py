@@ -224,23 +224,25 @@ def test_the_stored_ceiling_and_claim_tables_come_from_the_stored_records():
     assert len(rows) == 40 and not [r for r in rows if r not in published]
 
 
-@pytest.mark.parametrize('name', ['sudoku_frontier_h200', 'sudoku_hard_frontier_h200', 'sudoku_mixed_start_h200',
-                                  'sudoku_hard_mixed_start_h200', 'sudoku_decode_knobs_h200',
-                                  'sudoku_hard_decode_knobs_h200', 'sudoku_control_pilot_h200',
-                                  'sudoku_hard_control_pilot_h200', 'sudoku_hard_control_h200'])
-def test_the_stored_results_tables_come_from_the_stored_records(name):
+@pytest.mark.parametrize('name, control', [
+    ('sudoku_frontier_h200', None), ('sudoku_hard_frontier_h200', None), ('sudoku_mixed_start_h200', None),
+    ('sudoku_hard_mixed_start_h200', None), ('sudoku_decode_knobs_h200', None),
+    ('sudoku_hard_decode_knobs_h200', None), ('sudoku_control_pilot_h200', 'baseline_rollout'),
+    ('sudoku_hard_control_pilot_h200', 'baseline_rollout'), ('sudoku_hard_control_h200', 'baseline_rollout'),
+    ('sudoku_plain_h200', 'baseline_rollout_all'), ('sudoku_hard_plain_h200', 'baseline_rollout_all')])
+def test_the_stored_results_tables_come_from_the_stored_records(name, control):
     """Every table row in results/<name>.md is what eval.py computes today from the records beside it: the
     published numbers and the statistics code cannot drift apart. The later runs' files also hold the ceiling and
-    the claim, and the control pilots every table against the control too."""
+    the claim, and the control runs every table against the control too."""
     path = os.path.join(common.ROOT, 'results', name)
     test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
     with open(f'{path}.md') as f:
         published = set(f.read().splitlines())
     rows = []
-    for base in ['baseline'] + (['baseline_rollout'] if 'control' in name else []):
+    for base in ['baseline'] + ([control] if control else []):
         rows += frontier_table(test, val, numbers(budgets, 'budgets', float), base).splitlines()  # eval's default
         rows += comparison(test, base).splitlines()
-        if 'knobs' in name or 'control' in name:
+        if 'knobs' in name or control:
             rows += frontier_table(test, val, [1000.0], base).splitlines()
             rows += claim_table(test, val, base).splitlines()
     assert len(rows) > 60 and not [r for r in rows if r not in published]
