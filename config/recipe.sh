@@ -17,7 +17,7 @@
 #   bash config/recipe.sh gpu                        # 9x9 Sudoku (44 random blanks), 3 seeds, one GPU
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
-# Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [4000 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
+# Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [2500 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
 # ARMS (also rcd_rollout_light: half the rows are rollout rows, all reading residuals, and baseline_rollout its
 # control; rcd_rollout: the same, alpha x 1; rcd_rollout_mixed{,_light}: half the rollouts start at a noised state),
 # FIRST_STEPS (RCD's first steps to sweep, e.g. zero,dirichlet) [zero], RES_STEPS (residual cutoffs to sweep:
@@ -29,7 +29,7 @@ ARMS=${ARMS:-baseline baseline_rollout_all rcd rcd_rollout_light_plain}
 THRESHOLDS=0.5,0.7,0.9,0.95,0.97,0.99,0.999,0.9999,0.99999
 case $MODE in
   gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-8}; S2=(); N=(); T_RES=1.0,2.0
-       S1=(config/sudoku_gpu.py --max_iters="${STAGE1_ITERS:-4000}" --lr_decay_iters="${STAGE1_ITERS:-4000}")
+       S1=(config/sudoku_gpu.py --max_iters="${STAGE1_ITERS:-2500}" --lr_decay_iters="${STAGE1_ITERS:-2500}")
        K_VAL=1,8,16,32; K_TEST=1,8,16,32 ;;
   cpu) SEEDS=${SEEDS:-1}; ITERS=${STAGE2_ITERS:-40}; JOBS=${JOBS:-1}; N=(--n_problems=40 --batch_size=40)
        S1=(config/sudoku_gpu.py --device=cpu --n_layer=2 --n_embd=64 --n_head=2 --batch_size=16 --max_iters=60
