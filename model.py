@@ -113,21 +113,6 @@ class KVCache:
         return self.kv[layer][0], self.kv[layer][1]
 
 
-class CleanKV:
-    """x0's keys and values, from one pass model(x0, cache=cache) over the clean rows. x0 never
-    reads x_t, so they are the training layout's x0 half: model(x_t, x0_kv=CleanKV(cache)) gives
-    model(x_t, x0)'s logits without recomputing x0 (stage 2's rollout steps). A batch of b rows
-    reads the cache's first b rows."""
-
-    def __init__(self, cache):
-        self.kv = cache.kv
-
-    def extend(self, layer, pos, k, v):
-        """x_t's keys/values, then x0's: the keys of x_t ⊕ x0."""
-        k0, v0 = self.kv[layer][:, :k.shape[0]]
-        return torch.cat((k, k0), dim=2), torch.cat((v, v0), dim=2)
-
-
 class SelfAttention(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
@@ -194,7 +179,7 @@ class BlockDiffusionLM(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x_t, x0=None, delta=None, cache=None, loss_weights=None, x0_kv=None):
+    def forward(self, x_t, x0=None, delta=None, cache=None, loss_weights=None):
         """Logits (b, n, V) for the tokens x_t (b, n); with loss_weights (training), the diffusion
         loss instead. Training (x0 given, n = L): reads x_t ⊕ x0 under training_mask_mod; both
         halves use positions 0..L-1. Inference (no x0): x_t is a chunk of whole blocks that starts
@@ -204,17 +189,16 @@ class BlockDiffusionLM(nn.Module):
         optional: added to x_t's input embeddings (the hook RCD injects residuals through).
         loss_weights (b, n), optional: per-token weights of the cross-entropy against x0 (see
         loss_weights()); the loss is computed here so that torch.compile fuses it with the output
-        head (and DDP sees one forward). x0_kv (a CleanKV), in place of x0: its keys and values."""
+        head (and DDP sees one forward)."""
         b, n = x_t.shape
         start = cache.length if cache is not None else 0
         limit = self.cfg.seq_len if cache is None else min(self.cfg.seq_len, cache.max_len)
         if start + n > limit:
             raise ValueError(f'positions {start}..{start + n - 1} exceed the context of {limit} '
                              f'positions (seq_len={self.cfg.seq_len})')
-        if x0 is not None or x0_kv is not None:  # queries: x_t ⊕ x0, or x_t alone (x0's keys given)
-            n_q = 2 * n if x0 is not None else n
-            mask = training_mask(n, self.cfg.block_size, x_t.device, uses_flex(2 * n, x_t.device), n_q)
-            pos = torch.arange(n, device=x_t.device).repeat(n_q // n)
+        if x0 is not None:
+            mask = training_mask(n, self.cfg.block_size, x_t.device, uses_flex(2 * n, x_t.device))
+            pos = torch.arange(n, device=x_t.device).repeat(2)
         else:  # positions from the cache's device-side start: the code a replayed CUDA graph runs
             pos = torch.arange(n, device=x_t.device) + (cache.start if cache is not None else 0)
             n_kv = cache.max_len if cache is not None else n
@@ -224,7 +208,7 @@ class BlockDiffusionLM(nn.Module):
             h = torch.cat((h, self.wte(x0)), dim=1)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         for layer in self.layers:
-            h = layer(h, pos, cos, sin, mask, cache if x0_kv is None else x0_kv)
+            h = layer(h, pos, cos, sin, mask, cache)
         logits = self.lm_head(self.norm(h[:, :n]))  # x_t's logits only: the x0 half is context
         return logits if loss_weights is None else diffusion_loss(logits, x0, loss_weights)
 
@@ -293,14 +277,13 @@ def uses_flex(n_tokens, device):
 
 @torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
 @functools.lru_cache(maxsize=None)
-def training_mask(seq_len, block_size, device, use_flex, n_q=None):
-    """The training mask of the first n_q (default 2L) queries of x_t ⊕ x0 against its 2L keys: a
-    FlexAttention BlockMask (CUDA) or a dense bool tensor (CPU)."""
+def training_mask(seq_len, block_size, device, use_flex):
+    """The 2L x 2L training mask: a FlexAttention BlockMask (CUDA) or a dense bool tensor (CPU)."""
     mod, n = training_mask_mod(seq_len, block_size), 2 * seq_len
-    n_q = n_q or n
     if use_flex:
-        return create_block_mask(mod, B=None, H=None, Q_LEN=n_q, KV_LEN=n, device=device)
-    return dense_mask(mod, torch.arange(n_q, device=device), torch.arange(n, device=device))
+        return create_block_mask(mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
+    pos = torch.arange(n, device=device)
+    return dense_mask(mod, pos, pos)
 
 
 def inference_mask(q_pos, n_kv, block_size):

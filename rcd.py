@@ -19,8 +19,6 @@ import math
 
 import torch
 
-from model import CleanKV, KVCache
-
 ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')
 
 
@@ -126,14 +124,9 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_res
     logits = torch.zeros(b, L, model.cfg.vocab_size, device=x0.device)
     remasked = torch.zeros_like(prompt_mask)  # a block's first step: no residual
     counts = n_steps.tolist()  # one read back to the host per rollout
-    rows = [sum(c > s for c in counts) for s in range(max(counts, default=0))]  # rows at step s
-    cache = KVCache(model.cfg.n_layer, L, x0.device)
-    if rows:  # x0's keys/values once: x0 never reads x_t, so every step shares them
-        model(x0[:rows[0]], cache=cache)
-    for k in rows:
+    for k in [sum(c > s for c in counts) for s in range(max(counts, default=0))]:  # rows at step s
         masked = x_t[:k] == mask_id
-        delta = residual(logits[:k], remasked[:k])
-        logits[:k] = model(x_t[:k], delta=delta, x0_kv=CleanKV(cache)).float()
+        logits[:k] = model(x_t[:k], x0[:k], residual(logits[:k], remasked[:k])).float()
         conf = residual_probs(logits[:k], mask_id).amax(-1).masked_fill(~masked, -1.0)
         conf = conf.view(k, L // B, B)
         commit = (conf >= threshold[:k, None, None]) | (conf == conf.amax(-1, keepdim=True))

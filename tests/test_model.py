@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from model import (BlockDiffusionLM, CleanKV, KVCache, ModelConfig, add_noise, attention, diffusion_loss,
-                   inference_mask, loss_weights, training_mask, training_mask_mod)
+from model import (BlockDiffusionLM, KVCache, ModelConfig, add_noise, attention, diffusion_loss, inference_mask,
+                   loss_weights,
+                   training_mask, training_mask_mod)
 
 CPU = torch.device('cpu')
 
@@ -103,20 +104,6 @@ def test_training_logits_equal_per_block_inference():
         s, e = 4 * blk, 4 * blk + 4
         ref = model(torch.cat((x0[:, :s], x_t[:, s:e]), dim=1))[:, s:e]
         assert torch.allclose(train_logits[:, s:e], ref, atol=1e-5), blk
-
-
-def test_cached_clean_keys_give_the_training_logits():
-    """Stage 2's rollout steps read x0 through its keys/values, cached by one pass over x0: the logits of the
-    x_t ⊕ x0 pass, for the cache's first rows."""
-    model = tiny_model()
-    x0 = torch.randint(0, 10, (3, 24))
-    x_t = torch.where(torch.rand(3, 24) < 0.5, 10, x0)
-    delta = 0.1 * torch.randn(3, 24, 32)
-    cache = KVCache(model.cfg.n_layer, 24, CPU)
-    model(x0, cache=cache)
-    cached = model(x_t[:2], delta=delta[:2], x0_kv=CleanKV(cache))
-    assert torch.allclose(cached, model(x_t, x0, delta)[:2], atol=1e-5)
-    assert not torch.allclose(cached, model(x_t[:2], x0[:2].roll(1, 1), delta[:2]), atol=1e-3)  # x0 is read
 
 
 def test_delta_is_added_to_input_embeddings():
