@@ -127,11 +127,12 @@ def record(label, split, threshold, accuracy, passes, items='1100', seed=1):
 
 def test_frontier_chooses_each_budget_on_val_and_reads_test():
     # val: threshold 0.9 is the best at <= 3 passes; 0.99 costs 4.2, so it only counts from budget 5 on
+    # 0.95 ties 0.9 on val accuracy at more passes: the tie goes to fewer passes
     val = [record('rcd', 'val', 0.5, 0.10, 2.0), record('rcd', 'val', 0.9, 0.60, 2.9),
-           record('rcd', 'val', 0.99, 0.90, 4.2)]
+           record('rcd', 'val', 0.95, 0.60, 3.0), record('rcd', 'val', 0.99, 0.90, 4.2)]
     # test: the better threshold on test at budget 3 (0.5 here) must not be what is reported
     test = [record('rcd', 'test', 0.5, 0.75, 2.0, '1110'), record('rcd', 'test', 0.9, 0.50, 3.1, '1100'),
-            record('rcd', 'test', 0.99, 1.0, 4.4, '1111')]
+            record('rcd', 'test', 0.95, 0.75, 3.1, '1110'), record('rcd', 'test', 0.99, 1.0, 4.4, '1111')]
     points = frontier_points(test, val, [1, 3, 5])
     assert set(points[('rcd', 1)]) == {3, 5}  # nothing fits a budget of 1 pass on val
     assert points[('rcd', 1)][3]['threshold'] == 0.9 and points[('rcd', 1)][5]['threshold'] == 0.99
