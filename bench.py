@@ -5,7 +5,7 @@ them, or every row, through the target's own 4-step decoding rollout, as --rollo
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
 (c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
 without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
-50304), the tiny default model and the Sudoku model (config/sudoku_gpu.py; training and attention only).
+50304), the tiny default model and the Sudoku model (config/sudoku_gpu.py; sampled as eval.py does, 500 at once).
 GPU times are CUDA events after warm-up, median of repeats. Random weights and tokens: speed does not depend on them,
 and the sampler's static rule makes the number of forward passes fixed. On CPU a tiny smoke version runs.
 
@@ -46,7 +46,7 @@ SIZES = {
     'tiny': dict(model=dict(vocab_size=19, mask_id=18, seq_len=96, block_size=8, n_layer=6, n_head=6, n_embd=384),
                  train_batch=256, attn={96: 256}, sample_batches=(1, 64), blocks=8),
     'sudoku': dict(model=dict(vocab_size=14, mask_id=13, seq_len=192, block_size=96, n_layer=6, n_head=6, n_embd=384),
-                   train_batch=256, attn={192: 256}, sample_batches=(), blocks=1),  # config/sudoku_gpu.py
+                   train_batch=256, attn={192: 256}, sample_batches=(500,), blocks=1),  # eval.py's batch
     'smoke': dict(model=dict(vocab_size=19, mask_id=18, seq_len=64, block_size=8, n_layer=2, n_head=2, n_embd=32),
                   train_batch=4, attn={64: 2}, sample_batches=(1, 4), blocks=2),  # CPU
 }

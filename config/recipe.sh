@@ -2,11 +2,10 @@
 # RCD against an equally trained baseline on the accuracy-vs-passes frontier, every training seed side by side on
 # one GPU:
 #   1. stage 1, one model per seed;
-#   2. stage 2 from each (the same data, iterations and schedule): `baseline` (stage 1 continued, alpha = 0), `rcd`
-#      (the paper's recipe: the frozen reference reads the same x_t), `rcd_rollout_light_plain` (every row starts
-#      from a short no-grad threshold-decoding rollout of the target itself; half the rows also read its
-#      residuals, alpha x 0.25, half read none) and `baseline_rollout_all` (its control: the same rollout states,
-#      alpha = 0), which tells the residual's gain from the states';
+#   2. stage 2 from each (the same data, iterations and schedule): `baseline` (stage 1 continued, alpha = 0),
+#      `rcd_rollout_light_plain` (every row starts from a short no-grad threshold-decoding rollout of the target
+#      itself; half the rows also read its residuals, alpha x 0.25, half read none) and `baseline_rollout_all`
+#      (its control: the same rollout states, alpha = 0), which tells the residual's gain from the states';
 #   3. every arm and seed scored on val and on test over the same grid of decoding settings (confidence thresholds,
 #      tokens per step; for RCD also T_res, residuals in a block's first RES_STEPS steps only, and the residual
 #      off: its model decoded by the plain sampler);
@@ -18,14 +17,15 @@
 #   DIG=greedy bash config/recipe.sh gpu             # the harder Sudoku (greedy digging, about 55 blanks)
 #   bash config/recipe.sh cpu                        # 2 CPU cores: a toy of the same pipeline (poor numbers)
 # Knobs (environment): SEEDS ["1 2 3" gpu, "1" cpu], STAGE1_ITERS [2500 gpu], STAGE2_ITERS [1000 gpu, 40 cpu],
-# ARMS (also rcd_rollout_light: half the rows are rollout rows, all reading residuals, and baseline_rollout its
-# control; rcd_rollout: the same, alpha x 1; rcd_rollout_mixed{,_light}: half the rollouts start at a noised state),
+# ARMS (also rcd: the paper's recipe, the frozen reference reads the same x_t; rcd_rollout_light: half the rows
+# are rollout rows, all reading residuals, and baseline_rollout its control; rcd_rollout: the same, alpha x 1;
+# rcd_rollout_mixed{,_light}: half the rollouts start at a noised state),
 # FIRST_STEPS (RCD's first steps to sweep, e.g. zero,dirichlet) [zero], RES_STEPS (residual cutoffs to sweep:
 # 0 = every step; 5 = the steps a 4-step rollout trains) [0,5], JOBS (processes at once) [8 gpu, 1 cpu],
 # DATA (a prepared dataset directory), RUN_DIR. A step whose output exists is skipped: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DIG=${DIG:-random}
-ARMS=${ARMS:-baseline baseline_rollout_all rcd rcd_rollout_light_plain}
+ARMS=${ARMS:-baseline baseline_rollout_all rcd_rollout_light_plain}
 THRESHOLDS=0.5,0.7,0.9,0.95,0.97,0.99,0.999,0.9999,0.99999
 case $MODE in
   gpu) SEEDS=${SEEDS:-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; JOBS=${JOBS:-8}; S2=(); N=(); T_RES=1.0,2.0
