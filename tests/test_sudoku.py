@@ -230,7 +230,8 @@ def test_the_stored_ceiling_and_claim_tables_come_from_the_stored_records():
     ('sudoku_hard_mixed_start_h200', None), ('sudoku_decode_knobs_h200', None),
     ('sudoku_hard_decode_knobs_h200', None), ('sudoku_control_pilot_h200', 'baseline_rollout'),
     ('sudoku_hard_control_pilot_h200', 'baseline_rollout'), ('sudoku_hard_control_h200', 'baseline_rollout'),
-    ('sudoku_plain_h200', 'baseline_rollout_all'), ('sudoku_hard_plain_h200', 'baseline_rollout_all')])
+    ('sudoku_plain_h200', 'baseline_rollout_all'), ('sudoku_hard_plain_h200', 'baseline_rollout_all'),
+    ('sudoku_plain_rerun_h200', 'baseline_rollout_all'), ('sudoku_plain_one_seed_h200', 'baseline_rollout_all')])
 def test_the_stored_results_tables_come_from_the_stored_records(name, control):
     """Every table row in results/<name>.md is what eval.py computes today from the records beside it: the
     published numbers and the statistics code cannot drift apart. The later runs' files also hold the ceiling and
