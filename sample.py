@@ -242,6 +242,7 @@ def step_functions(device):
 
 @functools.cache
 def compiled(fn):
+    """torch.compile(fn), once per function or model: every generate() call reuses it."""
     return torch.compile(fn)
 
 
@@ -259,9 +260,9 @@ def step_graph(model, cache, b):
                          enabled=torch.is_autocast_enabled('cuda'), cache_enabled=False)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), amp:
-        for _ in range(2):  # warm-up off the main stream, as capture requires; compiles (twice if
-            forward(x, cache=cache, delta=delta)  # the first call made the cache's buffers)
+    with torch.cuda.stream(side), amp:  # warm-up off the main stream, as capture requires
+        for _ in range(2):  # compiles; once more if the first call made the cache's buffers
+            forward(x, cache=cache, delta=delta)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), amp:
