@@ -9,6 +9,7 @@ the same sampler (sample.generate); the baseline is the plain sampler, alpha = 0
     python eval.py --ckpt=out/recipe/rcd/ckpt.pt --label=RCD --use_rcd=True --split=val
     python eval.py --frontier=test.jsonl --val=val.jsonl   # the accuracy-vs-passes frontier, chosen on val
     python eval.py --compare=results.jsonl                 # paired differences to the baseline, per setting
+    python eval.py --report=test.jsonl --val=val.jsonl     # all of these tables, against each control too
     python eval.py --claim=test.jsonl --val=val.jsonl      # each method in half the passes of the baseline's best
     python eval.py --plot=test.jsonl --val=val.jsonl       # the frontiers with 95% CIs -> test.png (matplotlib)
 The frontier is the measure: at each budget of P forward passes per answer, the best accuracy a method reaches,
@@ -49,6 +50,7 @@ n_problems = 0               # problems per setting (0 = all of the split)
 batch_size = 500
 records = 'out/results.jsonl'
 frontier = ''                # test records: print each method's frontier (with --val) against `baseline`; exit
+report = ''                  # test records: print every table of frontier, claim and compare (with --val); exit
 val = ''                     # the val records the frontier's settings are chosen on
 budgets = '2,3,4,5,6,8,10,12'  # the frontier's budgets: mean forward passes per answer
 plot = ''                    # test records: draw the frontiers (with --val) to a PNG next to them; exit
@@ -341,23 +343,48 @@ def numbers(text, name, kind):
 
 
 def main():
-    """The tables from records (--frontier, --claim, --plot, --compare), or else a sweep that writes them."""
+    """The tables from records (--report, --frontier, --claim, --plot, --compare), or else a sweep that writes
+    them."""
     budget_list = numbers(budgets, 'budgets', float)
-    if plot or frontier or claim:
+    if report or plot or frontier or claim:
         if not val:
             common.fail('the frontier chooses its settings on val: give --val=VAL_RECORDS')
+        if report:
+            return print(report_text(read_records(report), read_records(val), budget_list))
         if plot:
             return draw(plot, val, budget_list)
         if claim:
             return print(claim_table(read_records(claim), read_records(val), baseline))
-        val_rows = read_records(val)
-        print(frontier_table(read_records(frontier), val_rows, budget_list, baseline))
-        means = sorted(val_frontier_means(val_rows, budget_list).items(), key=lambda kv: -kv[1])
-        return print('\nval frontier averaged over the budgets and seeds (a budget nothing fits counts 0): '
-                     + ', '.join(f'{method} {100 * m:.1f}' for method, m in means))
+        return print(frontier_text(read_records(frontier), read_records(val), budget_list, baseline))
     if compare:
         return print(comparison(read_records(compare), baseline))
     sweep(*sweep_settings())
+
+
+def frontier_text(test_rows, val_rows, budget_list, baseline_label):
+    """The frontier table, then each method's val frontier averaged over the budgets (to choose on val)."""
+    means = sorted(val_frontier_means(val_rows, budget_list).items(), key=lambda kv: -kv[1])
+    return (frontier_table(test_rows, val_rows, budget_list, baseline_label)
+            + '\n\nval frontier averaged over the budgets and seeds (a budget nothing fits counts 0): '
+            + ', '.join(f'{method} {100 * m:.1f}' for method, m in means))
+
+
+def report_text(test_rows, val_rows, budget_list):
+    """Every table of a run, in one process (each python start costs seconds): the frontier, the ceiling,
+    the paper's claim, both again against each control (labels 'baseline_rollout*': the rollout states
+    without the residual), and the paired differences per setting."""
+    parts = [('the frontier (settings chosen on val, scored on test)',
+              frontier_text(test_rows, val_rows, budget_list, baseline)),
+             ("the ceiling: each method's best setting at any cost (up to 1 token per step), chosen on val",
+              frontier_text(test_rows, val_rows, [1000.0], baseline)),
+             ("the paper's claim, per seed: each method in half the passes of the baseline's ceiling, "
+              'paired with it', claim_table(test_rows, val_rows, baseline))]
+    for control in dict.fromkeys(r['label'] for r in test_rows if r['label'].startswith('baseline_rollout')):
+        parts.append((f'the frontier and the claim against the control ({control})',
+                      frontier_text(test_rows, val_rows, budget_list, control) + '\n\n'
+                      + claim_table(test_rows, val_rows, control)))
+    parts.append(('paired differences to the baseline on test, per setting', comparison(test_rows, baseline)))
+    return '\n\n'.join(f'## {title}\n\n{text}' for title, text in parts)
 
 
 def sweep_settings():

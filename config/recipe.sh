@@ -123,26 +123,9 @@ for split in val test; do
 done
 
 {
-  echo "# Sudoku ($DIG digging), seeds $SEEDS: the frontier (settings chosen on val, scored on test)"
-  python eval.py --frontier="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
+  echo "# Sudoku ($DIG digging), seeds $SEEDS"
   echo
-  echo "# the ceiling: each method's best setting at any cost (up to 1 token per step), chosen on val"
-  python eval.py --frontier="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" --budgets=1000 | grep -v '^config:'
-  echo
-  echo "# the paper's claim, per seed: each method in half the passes of the baseline's ceiling, paired with it"
-  python eval.py --claim="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
-  for control in $ARMS; do  # the controls: what the residual adds to their states
-    [[ $control == baseline_rollout* ]] || continue
-    echo
-    echo "# the frontier and the claim against the control ($control)"
-    for table in frontier claim; do
-      python eval.py --$table="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" --baseline="$control" \
-        | grep -v '^config:'
-    done
-  done
-  echo
-  echo "# paired differences to the baseline on test, per setting"
-  python eval.py --compare="$RUN_DIR/test.jsonl" | grep -v '^config:'
+  python eval.py --report="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
 } | tee "$RUN_DIR/results.md"
 if python -c 'import matplotlib' 2> /dev/null; then python eval.py --plot="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl"
 else echo "note: no plot without matplotlib (pip install matplotlib); the records are in $RUN_DIR/test.jsonl"; fi

@@ -11,8 +11,8 @@ import pytest
 import common
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import (binomial_interval, budgets, claim_table, comparison, frontier_points, frontier_table, numbers, paired_difference,
-                  read_records, val_frontier_means)
+from eval import (binomial_interval, budgets, claim_table, comparison, frontier_points, frontier_table, numbers,
+                  paired_difference, read_records, report_text, val_frontier_means)
 from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
@@ -248,3 +248,17 @@ def test_the_stored_results_tables_come_from_the_stored_records(name, control):
             rows += frontier_table(test, val, [1000.0], base).splitlines()
             rows += claim_table(test, val, base).splitlines()
     assert len(rows) > 60 and not [r for r in rows if r not in published]
+
+
+def test_the_report_prints_every_table_against_the_baseline_and_the_control():
+    """eval.py --report (the recipe's one table process) holds, in order, the frontier, the ceiling and the claim
+    against the baseline, the frontier and the claim against the control, then the paired differences."""
+    path = os.path.join(common.ROOT, 'results', 'sudoku_plain_rerun_h200')
+    test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
+    grid = numbers(budgets, 'budgets', float)
+    tables = [frontier_table(test, val, grid, 'baseline'), frontier_table(test, val, [1000.0], 'baseline'),
+              claim_table(test, val, 'baseline'), frontier_table(test, val, grid, 'baseline_rollout_all'),
+              claim_table(test, val, 'baseline_rollout_all'), comparison(test, 'baseline')]
+    text = report_text(test, val, grid)
+    at = [text.index(table) for table in tables]
+    assert at == sorted(at) and text.count('## ') == 5 and 'against the control (baseline_rollout_all)' in text
