@@ -57,6 +57,9 @@ if unknown:
                 f"sections: train, attention, sample)")
 dev, autocast = common.setup_device(device, 'auto')
 cuda = dev.type == 'cuda'
+# one process samples every size, batch and cache mode: more shapes per compiled function than the default 8,
+# past which dynamo would run the rest eagerly (and time those functions uncompiled)
+torch._dynamo.config.recompile_limit = 64
 if not cuda:
     sizes, warmup, repeats = 'smoke', 1, 2
     print('no GPU: a tiny smoke run (the numbers mean nothing)')
