@@ -16,7 +16,7 @@ grids come from base grids that train never uses, so no held-out puzzle is a sym
 is below 1e-3 at the default sizes). The blanks of a puzzle are a random
 set of --n_blanks cells, redrawn until naked singles solve it; or, with --dig=greedy (a harder task), blanked one
 cell at a time while naked singles still solve it (about 55 blanks, long chains of deductions). Deterministic from
---seed; a few seconds (greedy: a minute or two).
+--seed; about 20 s on 2 CPU cores (greedy: a minute or two).
 
     python data/sudoku/prepare.py [--n_blanks=44 --n_train=100000 --n_val=1000 --n_test=1000 --seed=1337]
     python data/sudoku/prepare.py --dig=greedy --n_train=100000 --out_dir=data/sudoku_hard
@@ -74,19 +74,24 @@ def symmetry_copies(base, n, rng):
     return out.reshape(n, 81)
 
 
+def singles_step(x):
+    """One round of naked singles on puzzles (n, 81): every blank with a single candidate left gets it."""
+    g = BITS[x].reshape(-1, 9, 9)  # each unit's digits as bits, OR-ed over the unit (its axis moved first: fast)
+    row = np.bitwise_or.reduce(g.transpose(2, 0, 1), axis=0)[:, :, None]
+    col = np.bitwise_or.reduce(g.transpose(1, 0, 2), axis=0)[:, None, :]
+    box = np.bitwise_or.reduce(g.reshape(-1, 3, 3, 3, 3).transpose(2, 4, 0, 1, 3).reshape(9, -1, 3, 3), axis=0)
+    free = (~(row | col | box.repeat(3, 1).repeat(3, 2)) & 511).reshape(-1, 81)
+    return np.where((x == 0) & (POPCOUNT[free] == 1), DIGIT_OF_BIT[free], x)
+
+
 def singles_solve(puzzles):
     """Naked singles on a batch of puzzles (n, 81), 0 = blank: fill every cell with one candidate left, repeat.
     Returns the grids as far as naked singles get (cells still 0 where they get stuck)."""
     x, live = puzzles.copy(), np.arange(len(puzzles))
     while len(live):
-        bits = BITS[x[live]].reshape(-1, 9, 9)
-        row = np.bitwise_or.reduce(bits, axis=2)[:, :, None]
-        col = np.bitwise_or.reduce(bits, axis=1)[:, None, :]
-        box = np.bitwise_or.reduce(bits.reshape(-1, 3, 3, 3, 3), axis=(2, 4)).repeat(3, 1).repeat(3, 2)
-        free = (~(row | col | box) & 511).reshape(-1, 81)
-        single = (x[live] == 0) & (POPCOUNT[free] == 1)
-        x[live] = np.where(single, DIGIT_OF_BIT[free], x[live])
-        live = live[single.any(1) & (x[live] == 0).any(1)]  # rows that moved and still have blanks
+        rows = x[live]
+        x[live] = step = singles_step(rows)
+        live = live[(step != rows).any(1) & (step == 0).any(1)]  # rows that moved and still have blanks
     return x
 
 
@@ -125,22 +130,13 @@ def singles_rounds(puzzles):
     left): the length of its chain of deductions."""
     x, rounds = puzzles.copy(), np.zeros(len(puzzles), dtype=int)
     while (x == 0).any():
-        step = singles_solve_once(x)
+        step = singles_step(x)
         moved = (step != x).any(1)
         if not moved.any():
             break
         rounds += moved
         x = step
     return rounds
-
-
-def singles_solve_once(x):
-    bits = BITS[x].reshape(-1, 9, 9)
-    row = np.bitwise_or.reduce(bits, axis=2)[:, :, None]
-    col = np.bitwise_or.reduce(bits, axis=1)[:, None, :]
-    box = np.bitwise_or.reduce(bits.reshape(-1, 3, 3, 3, 3), axis=(2, 4)).repeat(3, 1).repeat(3, 2)
-    free = (~(row | col | box) & 511).reshape(-1, 81)
-    return np.where((x == 0) & (POPCOUNT[free] == 1), DIGIT_OF_BIT[free], x)
 
 
 def is_valid_grid(digits):
