@@ -140,10 +140,9 @@ def bench_train(size, spec, cfg):
                 x_t, masked, t = add_noise(x0, prompt_mask, B, cfg.mask_id, 0.0, 1.0, gen)
                 delta = None
                 if n and stage.endswith('rollout'):
-                    steps = rcd.stratified_steps(n, 4, device=dev)
-                    threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=dev, generator=gen))
-                    start = torch.where(prompt_mask[:n], x0[:n], cfg.mask_id)  # all [MASK]
-                    state = rcd.rollout(fwd, x0[:n], start, prompt_mask[:n], steps, threshold, residual)
+                    start, steps, threshold, reads = rcd.rollout_rows(x0[:n], x_t[:n], prompt_mask[:n],
+                                                                      cfg.mask_id, 4, generator=gen)
+                    state = rcd.rollout(fwd, x0[:n], start, prompt_mask[:n], steps, threshold, residual, reads)
                     x_t[:n], masked[:n], t[:n], logits, remasked = state
                     delta = residual(logits, remasked)
                 elif n:

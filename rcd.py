@@ -104,6 +104,23 @@ def stratified_steps(n, high, low=0, device=None):
     return low + torch.arange(n, device=device) * (high - low + 1) // max(n, 1)
 
 
+def rollout_rows(x0, x_t, prompt_mask, mask_id, max_steps, noised=0.0, plain=0.0, generator=None):
+    """How stage 2 sets up its rollout rows: (start, n_steps, threshold, reads_residual) for rollout.
+    Rows start at a block's start, all [MASK], but the first round(noised · n), which start at their
+    noised x_t and take one step or more; step counts are stratified over 0..max_steps; thresholds
+    are 1 − 10^-u, u ~ U(1, 4); a `plain` share of the rows, spread evenly, reads no residual."""
+    n, device = len(x0), x0.device
+    start = torch.where(prompt_mask, x0, mask_id)
+    m = round(noised * n)
+    start[:m] = x_t[:m]
+    n_steps = torch.cat((stratified_steps(m, max_steps, 1, device),
+                         stratified_steps(n - m, max_steps, 0, device)))
+    threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=generator))
+    row = torch.arange(n, device=device)
+    reads = (row * plain).floor() == ((row + 1) * plain).floor()
+    return start, n_steps, threshold, reads
+
+
 @torch.no_grad()
 def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_residual=None):
     """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). From

@@ -155,14 +155,8 @@ def batch_loss(forward, split, batch_seed):
     if n == 0:  # no residual rows: no reference pass
         return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
     if rollout_steps > 0:  # decoding's own states and residuals, recurrence included
-        start = torch.where(prompt_mask[:n], x0[:n], mask_id)  # a block's start: all [MASK]
-        m = round(rollout_noised * n)  # the first m rows start mid-block and take a step or more
-        start[:m] = x_t[:m]
-        steps = torch.cat((rcd.stratified_steps(m, rollout_steps, 1, device),
-                           rcd.stratified_steps(n - m, rollout_steps, 0, device)))
-        threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=gen))
-        row = torch.arange(n, device=device)
-        reads = (row * rollout_plain).floor() == ((row + 1) * rollout_plain).floor()  # plain: spread
+        start, steps, threshold, reads = rcd.rollout_rows(x0[:n], x_t[:n], prompt_mask[:n], mask_id,
+                                                          rollout_steps, rollout_noised, rollout_plain, gen)
         state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, residual_of,
                             reads)
         x_t[:n], masked[:n], t[:n], logits, remasked = state
