@@ -1,22 +1,22 @@
 """
-Accuracy against decoding budget: sweep tokens per step and confidence thresholds over the val or test split of a row
-dataset (sudoku, reasoning) and append one JSON line per setting to `records`: method, rule, accuracy with a 95%
-confidence interval, which items were right (so two methods on the same items compare *paired*), valid Sudoku grids,
-mean forward passes per answer (denoising steps + cache fills + any first-step pass) and wall time. Every setting runs
-the same sampler (sample.generate); the baseline is the plain sampler, alpha = 0 (`--use_rcd=False`).
+Accuracy against decoding cost. A sweep decodes the val or test split of a row dataset (sudoku,
+reasoning) over a grid of commit rules (tokens per step, confidence thresholds; for RCD also its
+residual knobs) and appends one JSON record per setting to `records`: accuracy, which items were
+right (so rows compare paired on the same items) and mean forward passes per answer (denoising steps
++ cache fills + any first-step pass).
 
-    python eval.py --ckpt=out/recipe/baseline/ckpt.pt --label=baseline --split=val
-    python eval.py --ckpt=out/recipe/rcd/ckpt.pt --label=RCD --use_rcd=True --split=val
-    python eval.py --frontier=test.jsonl --val=val.jsonl   # the accuracy-vs-passes frontier, chosen on val
-    python eval.py --compare=results.jsonl                 # paired differences to the baseline, per setting
-    python eval.py --report=test.jsonl --val=val.jsonl     # all of these tables, against each control too
-    python eval.py --claim=test.jsonl --val=val.jsonl      # each method in half the passes of the baseline's best
-    python eval.py --plot=test.jsonl --val=val.jsonl       # the frontiers with 95% CIs -> test.png (matplotlib)
-The frontier is the measure: at each budget of P forward passes per answer, the best accuracy a method reaches,
-with the decoding setting (rule, threshold or tokens per step, RCD's knobs) chosen on the val split among those
-that averaged at most P passes there, then scored on test. Methods are compared paired on the same test items.
+    python eval.py --ckpt=out/stage1/ckpt.pt --label=baseline --split=val
+    python eval.py --ckpt=out/stage2/ckpt.pt --label=rcd --use_rcd=True --alpha_scales=0.25,0
+    python eval.py --report=test.jsonl --val=val.jsonl     # AUF per row, paired differences, claim
+    python eval.py --plot=test.jsonl --val=val.jsonl       # each row's frontier -> test.png
+
+The measure is the interpolated frontier. On val, a row's settings form an upper concave hull in
+(mean passes, accuracy); at a budget of P passes the row runs the best mix of two hull settings
+whose val passes average P (one on a share of the puzzles, the other on the rest), scored on test
+with the same mix. Its mean over budgets 3..12 passes is the AUF, the area under the frontier.
+An RCD model gives two rows: `<label>` (residual on; its residual knobs chosen once per seed on
+val AUF) and `<label>_off` (the same weights decoded by the plain sampler).
 """
-import collections
 import json
 import math
 import os
@@ -49,14 +49,11 @@ threshold_grid = '0.5,0.7,0.9,0.95,0.97,0.99,0.999,0.9999,0.99999'  # threshold 
 n_problems = 0               # problems per setting (0 = all of the split)
 batch_size = 500
 records = 'out/results.jsonl'
-frontier = ''                # test records: print each method's frontier (with --val) against `baseline`; exit
-report = ''                  # test records: print every table of frontier, claim and compare (with --val); exit
-val = ''                     # the val records the frontier's settings are chosen on
-budgets = '2,3,4,5,6,8,10,12'  # the frontier's budgets: mean forward passes per answer
-plot = ''                    # test records: draw the frontiers (with --val) to a PNG next to them; exit
-compare = ''                 # a records file: print each method's paired difference per setting; exit
-claim = ''                   # test records: each method in half the passes of the baseline's ceiling (with --val); exit
-baseline = 'baseline'        # the label the others are compared with
+report = ''                  # test records: print the run's tables (with --val); exit
+plot = ''                    # test records: draw each row's frontier (with --val) to a PNG; exit
+val = ''                     # the val records each row's settings are chosen on
+budgets = '3,4,5,6,7,8,9,10,11,12'  # the AUF's budgets: mean forward passes per answer
+references = 'baseline,baseline_long,onpolicy'  # rows the others are paired with, where present
 device = 'auto'
 dtype = 'auto'
 seed = 1337
@@ -145,10 +142,14 @@ def paired_difference(a, b, level=0.95):
     return (2 * a_only - d) / n, d / n * (2 * lo - 1), d / n * (2 * hi - 1)
 
 
-# ------------------------------------------------------------------------------------------------------------------
-# Reading records: per-setting comparison, and the frontier chosen on val
+# --------------------------------------------------------------------------------------------------
+# Reading records: each row's frontier, interpolated on val and scored on test, and its area (AUF)
 
-def read_records(path):
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262]  # t quantiles, 1-9 dof
+
+
+def read_records(path, split=None):
+    """The records of a file, each checked to be an eval.py record (of `split`, where given)."""
     if not os.path.isfile(path):
         common.fail(f"records file '{path}' not found; run eval.py on a checkpoint first")
     need = {'label', 'rule', 'items', 'mean_passes', 'train_seed', 'split', 'accuracy'}
@@ -161,20 +162,30 @@ def read_records(path):
                 common.fail(f'{path}, line {i}: not a JSON record')
             if row is not None and (not isinstance(row, dict) or not need <= row.keys()):
                 common.fail(f"{path}, line {i}: not an eval.py record (needs {', '.join(sorted(need))})")
+            if row is not None and split and row['split'] != split:
+                common.fail(f"{path}, line {i}: a {row['split']} record where {split} records belong")
             rows += [row] if row is not None else []
     if not rows:
         common.fail(f'records file {path} holds no records')
     return rows
 
 
+def row_of(r):
+    """A record's row: an RCD model decoded with its residual off (α × 0) is a row of its own,
+    '<label>_off'. Rows are never merged into one frontier."""
+    return r['label'] + '_off' if r.get('use_rcd') and r.get('alpha_scale') == 0 else r['label']
+
+
+def rule_of(r):
+    """A record's commit rule: the menu every row is decoded over alike."""
+    return ('static', r['tokens_per_step']) if r['rule'] == 'static' else ('threshold', r['threshold'])
+
+
 def setting_of(r):
-    rule = f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"threshold {r['threshold']}"
-    if r.get('use_rcd') and r.get('alpha_scale') == 0:
-        rule += ', residual off'
-    elif r.get('use_rcd') and (r['first_step'] != 'zero' or r['residual_temperature'] != 1.0):
-        rule += f", first step {r['first_step']}, T_res {r['residual_temperature']}"
-    if r.get('use_rcd') and r.get('residual_steps'):  # records before the knob have none: every step
-        rule += f", residuals in the first {r['residual_steps']} steps"
+    rule = f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"τ {r['threshold']}"
+    if r.get('use_rcd') and r.get('alpha_scale'):
+        rule += (f", α × {r['alpha_scale']}, T_res {r['residual_temperature']}, first step "
+                 f"{r['first_step']}, residuals in the first {r['residual_steps'] or 'all'} steps")
     return rule
 
 
@@ -182,151 +193,177 @@ def items(r):
     return [c == '1' for c in r['items']]
 
 
-def comparison(rows, baseline_label):
-    """Markdown: per setting, each method's accuracy and paired difference to the baseline (95% CI) for every
-    training seed, and their mean. Records pair up by (split, setting, train_seed)."""
-    key = lambda r: (r['split'], setting_of(r).split(',')[0], r['train_seed'])  # noqa: E731
-    base = {key(r): r for r in rows if r['label'] == baseline_label}
-    if not base:
-        common.fail(f"no records labelled '{baseline_label}' to compare with (set --baseline=LABEL)")
-    lines = ['| method | setting | passes | seed: baseline → method, difference [95% CI] | mean difference |',
-             '|---|---|---|---|---|']
-    for method in dict.fromkeys(r['label'] for r in rows if r['label'] != baseline_label):
-        for setting in dict.fromkeys(setting_of(r) for r in rows if r['label'] == method):
-            runs = [(r, base.get(key(r))) for r in rows if r['label'] == method and setting_of(r) == setting]
-            runs = [(r, b) for r, b in runs if b is not None]
-            if runs:
-                cells, diffs = zip(*(difference_cell(r, b) for r, b in runs))
-                passes = f"{runs[0][1]['mean_passes']:.0f} / {runs[0][0]['mean_passes']:.0f}"
-                lines.append(f"| {method} | {setting} | {passes} | {'<br>'.join(cells)} | "
-                             f"{100 * sum(diffs) / len(diffs):+.1f} |")
-    return '\n'.join(lines)
-
-
-def difference_cell(r, b):
-    """'seed: baseline → method, difference [95% CI]' of two records on the same items, and the difference."""
-    d, lo, hi = paired_difference(items(r), items(b))
-    return (f"{r['train_seed']}: {100 * b['accuracy']:.1f} → {100 * r['accuracy']:.1f}, "
-            f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"), d
-
-
-def frontier_points(test_rows, val_rows, budgets):
-    """{(method, seed): {budget: the test record of the setting chosen on val}}. The chosen setting is the one
-    with the best val accuracy among the settings that averaged at most `budget` forward passes per answer on val
-    (ties: fewer passes). Budgets with no such setting are left out."""
-    test = {(r['label'], r['train_seed'], setting_of(r)): r for r in test_rows}
+def menus(rows):
+    """{(row, seed): {residual knobs: {rule: record}}}. The knobs (α scale, T_res, first step,
+    residual cutoff) are one value for a plain row."""
     out = {}
-    for method, seed in dict.fromkeys((r['label'], r['train_seed']) for r in test_rows):
-        mine = [r for r in val_rows if (r['label'], r['train_seed']) == (method, seed)]
-        for budget in budgets:
-            fits = [r for r in mine if r['mean_passes'] <= budget + 1e-9]
-            if fits:
-                best = max(fits, key=lambda r: (r['accuracy'], -r['mean_passes']))
-                if (method, seed, setting_of(best)) in test:
-                    out.setdefault((method, seed), {})[budget] = test[(method, seed, setting_of(best))]
+    for r in rows:
+        knobs = tuple(r.get(k) for k in ('alpha_scale', 'residual_temperature', 'first_step',
+                                         'residual_steps'))
+        out.setdefault((row_of(r), r['train_seed']), {}).setdefault(knobs, {})[rule_of(r)] = r
     return out
 
 
-def val_frontier_means(val_rows, budgets):
-    """{method: its val frontier averaged over the budgets and seeds}, a budget that nothing fits counting 0:
-    one number per method, to choose the method on val."""
-    points = frontier_points(val_rows, val_rows, budgets)
-    scores = {}
-    for method, seed in dict.fromkeys((r['label'], r['train_seed']) for r in val_rows):
-        chosen = points.get((method, seed), {})
-        scores.setdefault(method, []).append(sum(r['accuracy'] for r in chosen.values()) / len(budgets))
-    return {method: sum(v) / len(v) for method, v in scores.items()}
+def upper_hull(menu):
+    """The upper concave hull of a menu's (mean passes, accuracy) points, left to right up to the
+    most accurate: [(passes, accuracy, rule)]. A point on or under a chord is never worth running."""
+    hull = []
+    for p in sorted(((r['mean_passes'], r['accuracy'], rule) for rule, r in menu.items()),
+                    key=lambda p: (p[0], -p[1])):
+        if hull and p[1] <= hull[-1][1]:  # no better than a cheaper setting
+            continue
+        while len(hull) > 1 and ((hull[-1][1] - hull[-2][1]) * (p[0] - hull[-1][0])
+                                 <= (p[1] - hull[-1][1]) * (hull[-1][0] - hull[-2][0])):
+            hull.pop()  # hull[-1] lies on or under the chord from hull[-2] to p
+        hull.append(p)
+    return hull
 
 
-def claim_table(test_rows, val_rows, baseline_label):
-    """Markdown: the paper's efficiency claim, per seed. The baseline's ceiling is its best setting at any cost
-    (chosen on val); each method gets half the passes that setting averaged on val, chooses its best setting
-    within them on val, and is paired with the ceiling on the same test items."""
-    val_of = {(r['label'], r['train_seed'], setting_of(r)): r for r in val_rows}
-    ceilings = frontier_points(test_rows, val_rows, [math.inf])
-    if not any(m == baseline_label for m, _ in ceilings):
-        common.fail(f"no records labelled '{baseline_label}' in both files (set --baseline=LABEL)")
-    lines = ["| method | seed: the baseline's ceiling → the method in half its passes, difference [95% CI] "
-             "(passes; setting) | mean difference |", '|---|---|---|']
-    for method in dict.fromkeys(m for m, _ in ceilings if m != baseline_label):
-        cells, diffs = [], []
-        for seed in sorted({s for m, s in ceilings if m == method}, key=str):
-            base = ceilings.get((baseline_label, seed), {}).get(math.inf)
-            if base is None:
-                continue
-            half = val_of[(baseline_label, seed, setting_of(base))]['mean_passes'] / 2
-            mine = frontier_points(test_rows, val_rows, [half]).get((method, seed), {}).get(half)
-            if mine is None:  # nothing fits: it scores 0, as in the val frontier's mean
-                cells.append(f'{seed}: nothing within {half:.1f} passes on val')
-                diffs.append(-base['accuracy'])
-                continue
-            cell, d = difference_cell(mine, base)
-            cells.append(f"{cell} ({base['mean_passes']:.1f} → {mine['mean_passes']:.1f}; {setting_of(mine)})")
-            diffs.append(d)
-        if cells:
-            lines.append(f"| {method} | {'<br>'.join(cells)} | {100 * sum(diffs) / len(diffs):+.1f} |")
-    return '\n'.join(lines)
+def mixture(hull, budget):
+    """[(rule, share)]: the best mix of two neighbouring hull settings whose mean passes is at most
+    `budget` (one setting on that share of the puzzles, the other on the rest); [] if none fits."""
+    if not hull or budget < hull[0][0]:
+        return []
+    for a, b in zip(hull, hull[1:]):
+        if budget < b[0]:
+            share = (budget - a[0]) / (b[0] - a[0])
+            return [(a[2], 1 - share), (b[2], share)]
+    return [(hull[-1][2], 1.0)]
 
 
-def frontier_table(test_rows, val_rows, budgets, baseline_label):
-    """Markdown: per budget, each method's test accuracy (mean over seeds) at the setting val chose, and per
-    seed the paired difference to the baseline's chosen setting on the same test items (95% CI)."""
-    points = frontier_points(test_rows, val_rows, budgets)
-    seeds = sorted({seed for _, seed in points}, key=str)
-    if not any(m == baseline_label for m, _ in points):
-        common.fail(f"no records labelled '{baseline_label}' in both files (set --baseline=LABEL)")
-    lines = ['| method | budget (passes) | baseline | method | seed: difference [95% CI] (chosen setting) '
-             '| mean difference |', '|---|---|---|---|---|---|']
-    for method in dict.fromkeys(m for m, _ in points if m != baseline_label):
-        for budget in budgets:
-            pairs = [(points.get((method, s), {}).get(budget), points.get((baseline_label, s), {}).get(budget))
-                     for s in seeds]
-            pairs = [(r, b) for r, b in pairs if r is not None and b is not None]
-            if not pairs:
-                continue
-            cells, diffs = zip(*(difference_cell(r, b) for r, b in pairs))
-            cells = [f'{cell} ({setting_of(r)})' for cell, (r, _) in zip(cells, pairs)]
-            mean = lambda key, i: sum(p[i][key] for p in pairs) / len(pairs)  # noqa: E731
-            lines.append(f"| {method} | ≤ {budget} | {100 * mean('accuracy', 1):.1f} ({mean('mean_passes', 1):.1f})"
-                         f" | {100 * mean('accuracy', 0):.1f} ({mean('mean_passes', 0):.1f}) | "
-                         f"{'<br>'.join(cells)} | {100 * sum(diffs) / len(diffs):+.1f} |")
-    return '\n'.join(lines)
+def frontier_scores(val_menu, test_menu, budgets):
+    """Each test item's score on the frontier chosen on val, averaged over the budgets (a budget that
+    nothing fits scores 0). Their mean is the AUF; two rows' per-item differences pair them."""
+    total = [0.0] * next(iter(test_menu.values()))['n']
+    for budget in budgets:
+        for rule, share in mixture(upper_hull(val_menu), budget):
+            for i, right in enumerate(items(test_menu[rule])):
+                total[i] += share * right
+    return [s / len(budgets) for s in total]
+
+
+def passes_to_reach(val_menu, test_menu, target):
+    """The fewest passes (on val's axis) at which the frontier chosen on val reaches `target`
+    accuracy on test, linear between hull settings; None if it never does."""
+    last = None
+    for passes, _, rule in upper_hull(val_menu):
+        acc = test_menu[rule]['accuracy']
+        if acc >= target:
+            if last is None:
+                return passes
+            return last[0] + (target - last[1]) / (acc - last[1]) * (passes - last[0])
+        last = (passes, acc)
+    return None
+
+
+def frontiers(test_rows, val_rows, budgets):
+    """{(row, seed): (val menu, test menu)}: an RCD row's residual knobs are the ones with the best
+    val AUF, chosen once per seed (not per budget); every row must have the same menu of rules."""
+    val, test, out = menus(val_rows), menus(test_rows), {}
+    grid = {rule for by_knobs in val.values() for menu in by_knobs.values() for rule in menu}
+    for (row, seed), by_knobs in test.items():
+        if (row, seed) not in val:
+            common.fail(f"row '{row}', seed {seed} has no val records: nothing chooses its settings")
+        knobs = max(val[row, seed], key=lambda k: mean(frontier_scores(val[row, seed][k],
+                                                                      val[row, seed][k], budgets)))
+        lacking = grid - set(by_knobs.get(knobs, {})) | grid - set(val[row, seed][knobs])
+        if lacking:
+            common.fail(f"row '{row}', seed {seed} lacks {len(lacking)} settings of the menu "
+                        f"(e.g. {min(lacking)}): decode every row over the same grid")
+        if len({r['n'] for r in by_knobs[knobs].values()}) > 1:
+            common.fail(f"row '{row}', seed {seed}: records over different numbers of items")
+        out[row, seed] = val[row, seed][knobs], by_knobs[knobs]
+    return out
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def interval(xs, over):
+    """'mean [95% interval]' in points: t over seeds, normal over items."""
+    m = mean(xs)
+    if len(xs) < 2:
+        return f'{100 * m:+.1f}'
+    q = T_975[min(len(xs), 10) - 2] if over == 'seeds' else 1.96
+    half = q * math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+    return f'{100 * m:+.1f} [{100 * (m - half):+.1f}, {100 * (m + half):+.1f}]'
+
+
+def report_text(test_rows, val_rows, budgets, references):
+    """The run's tables: each row's AUF and the passes it needs to reach 90 / 95 / 99%; the paired
+    AUF differences (each row against each reference, and each RCD row against its `_off` row);
+    the paper's claim (the passes each row needs to reach a reference's best accuracy)."""
+    front = frontiers(test_rows, val_rows, budgets)
+    scores = {key: frontier_scores(v, t, budgets) for key, (v, t) in front.items()}
+    rows = list(dict.fromkeys(row for row, _ in front))
+    seeds = {row: sorted((s for r, s in front if r == row), key=str) for row in rows}
+    split = test_rows[0]['split']
+    text = [f'## AUF: {split} accuracy (%) on the frontier chosen on val, mean over budgets '
+            f'{budgets[0]:g}..{budgets[-1]:g} passes' + (' (scored on val: for choosing only)'
+                                                         if split == 'val' else ''),
+            '', '| row | seeds | AUF | per seed | passes to reach 90 / 95 / 99% | 1 token/step |',
+            '|---|---|---|---|---|---|']
+    for row in rows:
+        aufs = [mean(scores[row, s]) for s in seeds[row]]
+        reach = []
+        for target in (0.9, 0.95, 0.99):
+            got = [passes_to_reach(*front[row, s], target) for s in seeds[row]]
+            reach.append(f'{mean(got):.1f}' if None not in got else f'never in {got.count(None)} of {len(got)}')
+        one = [front[row, s][1].get(('static', 1)) for s in seeds[row]]
+        one = f"{100 * mean([r['accuracy'] for r in one]):.1f}" if None not in one else '-'
+        text.append(f"| {row} | {len(aufs)} | {100 * mean(aufs):.1f} | "
+                    f"{', '.join(f'{100 * a:.1f}' for a in aufs)} | {' / '.join(reach)} | {one} |")
+    refs = [ref for ref in references if ref in rows]
+    pairs = [(row, ref) for i, ref in enumerate(refs) for row in rows if row not in refs[:i + 1]]
+    pairs += [(row, row + '_off') for row in rows if row + '_off' in rows]
+    text += ['', '## Paired differences (same seed, same items): AUF, and accuracy at 1 token/step',
+             '', '| row − reference | AUF, mean over seeds [t interval] | per seed [95% over items] '
+             '| 1 token/step per seed [exact 95%] |', '|---|---|---|---|']
+    for a, b in pairs:
+        both = [s for s in seeds[a] if s in seeds[b]]
+        diffs = [[x - y for x, y in zip(scores[a, s], scores[b, s])] for s in both]
+        ones = [(front[a, s][1].get(('static', 1)), front[b, s][1].get(('static', 1))) for s in both]
+        ones = [paired_difference(items(x), items(y)) for x, y in ones if x and y]
+        text.append(f"| {a} − {b} | {interval([mean(d) for d in diffs], 'seeds')} | "
+                    f"{'; '.join(interval(d, 'items') for d in diffs)} | "
+                    + '; '.join(f'{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]'
+                                for d, lo, hi in ones) + ' |')
+    for ref in refs:
+        text += ['', f"## The paper's claim: passes to reach {ref}'s best {split} accuracy, per seed",
+                 '', f'| row | seed: passes ({ref} → row) |', '|---|---|']
+        for row in rows:
+            cells = []
+            for s in (s for s in seeds[row] if s in seeds[ref]):
+                best = max(front[ref, s][1][rule]['accuracy'] for *_, rule in
+                           upper_hull(front[ref, s][0]))
+                mine = passes_to_reach(*front[row, s], best)
+                cells.append(f"{s}: {passes_to_reach(*front[ref, s], best):.1f} → "
+                             + (f'{mine:.1f}' if mine is not None else 'never'))
+            text.append(f"| {row} | {'; '.join(cells)} |")
+    return '\n'.join(text)
 
 
 def draw(test_path, val_path, budgets):
-    """Each method's frontier: test accuracy at the setting chosen on val, against the budget in forward passes
-    per answer; seeds pooled (mean accuracy, 95% Wilson interval over all their answers)."""
-    rows = read_records(test_path)
-    points = frontier_points(rows, read_records(val_path), budgets)
+    """Each row's frontier: test accuracy of the mixture chosen on val at each budget, mean over
+    seeds; written to a PNG beside the test records."""
+    front = frontiers(read_records(test_path), read_records(val_path, 'val'), budgets)
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
         common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain JSON lines')
-    seeds = collections.Counter(m for m, _ in points)  # per method: they may differ
-    same = len(set(seeds.values())) == 1
+    xs = [budgets[0] + i * (budgets[-1] - budgets[0]) / 100 for i in range(101)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in seeds:
-        xs, ys, err = [], [], [[], []]
-        for budget in budgets:
-            runs = [p[budget] for (m, _), p in points.items() if m == method and budget in p]
-            if runs:
-                correct, n = sum(r['correct'] for r in runs), sum(r['n'] for r in runs)
-                lo, hi = wilson_interval(correct, n)
-                xs.append(budget)
-                ys.append(100 * correct / n)
-                err[0].append(ys[-1] - 100 * lo)
-                err[1].append(100 * hi - ys[-1])
-        ax.errorbar(xs, ys, yerr=err, marker='o', capsize=3,
-                    label=method if same else f"{method} ({seeds[method]} seed{'s' * (seeds[method] > 1)})")
-    ax.set_xlabel('budget: mean forward passes per answer (setting chosen on val)')
+    for row in dict.fromkeys(row for row, _ in front):
+        mine = [(v, t) for (r, _), (v, t) in front.items() if r == row]
+        ys = [100 * mean([mean(frontier_scores(v, t, [x])) for v, t in mine]) for x in xs]
+        ax.plot(xs, ys, label=f"{row} ({len(mine)} seed{'s' * (len(mine) > 1)})")
+    ax.set_xlabel('budget: mean forward passes per answer (mixture chosen on val)')
     ax.set_ylabel('exact-answer accuracy on test (%)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    k = max(seeds.values())
-    ax.set_title(f"accuracy-vs-passes frontier ({rows[0]['n']} test problems"
-                 + (f' x {k} seeds' if same and k > 1 else '') + ', 95% CI)', fontsize=10)
     png = os.path.splitext(test_path)[0] + '.png'
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -343,48 +380,20 @@ def numbers(text, name, kind):
 
 
 def main():
-    """The tables from records (--report, --frontier, --claim, --plot, --compare), or else a sweep that writes
-    them."""
-    budget_list = numbers(budgets, 'budgets', float)
-    if report or plot or frontier or claim:
+    """The tables from records (--report, --plot), or else a sweep that writes them."""
+    budget_list = sorted(numbers(budgets, 'budgets', float))
+    if not budget_list or budget_list[0] < 1:
+        common.fail(f"budgets='{budgets}' must be passes per answer, each >= 1")
+    if report or plot:
         if not val:
-            common.fail('the frontier chooses its settings on val: give --val=VAL_RECORDS')
-        if report:
-            return print(report_text(read_records(report), read_records(val), budget_list))
+            common.fail('each row chooses its settings on val: give --val=VAL_RECORDS')
+        if os.path.abspath(val) == os.path.abspath(report or plot):
+            print('note: scored on the val records themselves: for choosing, not for reporting')
         if plot:
             return draw(plot, val, budget_list)
-        if claim:
-            return print(claim_table(read_records(claim), read_records(val), baseline))
-        return print(frontier_text(read_records(frontier), read_records(val), budget_list, baseline))
-    if compare:
-        return print(comparison(read_records(compare), baseline))
+        return print(report_text(read_records(report), read_records(val, 'val'), budget_list,
+                                 references.split(',')))
     sweep(*sweep_settings())
-
-
-def frontier_text(test_rows, val_rows, budget_list, baseline_label):
-    """The frontier table, then each method's val frontier averaged over the budgets (to choose on val)."""
-    means = sorted(val_frontier_means(val_rows, budget_list).items(), key=lambda kv: -kv[1])
-    return (frontier_table(test_rows, val_rows, budget_list, baseline_label)
-            + '\n\nval frontier averaged over the budgets and seeds (a budget nothing fits counts 0): '
-            + ', '.join(f'{method} {100 * m:.1f}' for method, m in means))
-
-
-def report_text(test_rows, val_rows, budget_list):
-    """Every table of a run, in one process (each python start costs seconds): the frontier, the ceiling,
-    the paper's claim, both again against each control (labels 'baseline_rollout*': the rollout states
-    without the residual), and the paired differences per setting."""
-    parts = [('the frontier (settings chosen on val, scored on test)',
-              frontier_text(test_rows, val_rows, budget_list, baseline)),
-             ("the ceiling: each method's best setting at any cost (up to 1 token per step), chosen on val",
-              frontier_text(test_rows, val_rows, [1000.0], baseline)),
-             ("the paper's claim, per seed: each method in half the passes of the baseline's ceiling, "
-              'paired with it', claim_table(test_rows, val_rows, baseline))]
-    for control in dict.fromkeys(r['label'] for r in test_rows if r['label'].startswith('baseline_rollout')):
-        parts.append((f'the frontier and the claim against the control ({control})',
-                      frontier_text(test_rows, val_rows, budget_list, control) + '\n\n'
-                      + claim_table(test_rows, val_rows, control)))
-    parts.append(('paired differences to the baseline on test, per setting', comparison(test_rows, baseline)))
-    return '\n\n'.join(f'## {title}\n\n{text}' for title, text in parts)
 
 
 def sweep_settings():

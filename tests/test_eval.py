@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import run_in_process, run_script
-from eval import setting_of, wilson_interval
+from eval import row_of, setting_of, wilson_interval
 
 
 def test_wilson_interval_by_hand():
@@ -47,23 +47,25 @@ def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
     for a, off, first_only in zip(base, rows[4::5], rows[1::5]):
         assert (a['items'], a['mean_passes']) == (off['items'], off['mean_passes']) and off['label'] == 'rcd'
         assert (a['items'], a['mean_passes']) == (first_only['items'], first_only['mean_passes'])
-        assert setting_of(off) == setting_of(a) + ', residual off'
-        assert setting_of(first_only).endswith('T_res 2.0, residuals in the first 1 steps')
+        assert setting_of(off) == setting_of(a) and row_of(off) == 'rcd_off' != row_of(first_only)
+        assert setting_of(first_only).endswith('T_res 2.0, first step zero, residuals in the first 1 steps')
     # the 'self' first step costs one more pass per block
     assert all(b['mean_passes'] > a['mean_passes'] for a, b in zip(rows[::5], rows[2::5]))
 
 
-def test_frontier_table_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
+def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     test, val = str(tmp_path / 'test.jsonl'), str(tmp_path / 'val.jsonl')
     for records, split in ((test, 'test'), (val, 'val')):
-        for extra in ([], ['--use_rcd=True', '--label=rcd']):
+        for extra in ([], ['--use_rcd=True', '--label=rcd', '--alpha_scales=1,0']):
             code, out = run_in_process(['eval.py', f'--ckpt={tiny_ckpt}', f'--records={records}', '--device=cpu',
                                         '--n_problems=20', '--tokens_per_step_grid=1,8', '--threshold_grid=0.9',
                                         f'--split={split}', *extra], monkeypatch, capsys)
             assert code == 0, out
-    code, out = run_in_process(['eval.py', f'--frontier={test}', f'--val={val}', '--budgets=4,100'], monkeypatch,
-                               capsys)
-    assert code == 0 and '| rcd | ≤ 100.0 |' in out, out
+    code, out = run_in_process(['eval.py', f'--report={test}', f'--val={val}', '--budgets=4,100'],
+                               monkeypatch, capsys)
+    assert code == 0 and '| rcd − baseline |' in out and '| rcd_off − baseline |' in out, out
+    code, out = run_in_process(['eval.py', f'--report={val}', f'--val={test}'], monkeypatch, capsys)
+    assert code != 0 and 'a test record where val records belong' in out
     pytest.importorskip('matplotlib')
     code, out = run_in_process(['eval.py', f'--plot={test}', f'--val={val}'], monkeypatch, capsys)
     assert code == 0 and os.path.getsize(tmp_path / 'test.png') > 1000, out
@@ -82,7 +84,8 @@ def test_frontier_table_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, 
     (['--n_problems=-1'], 'need n_problems >= 0'),
     (['--batch_size=0'], 'batch_size >= 1'),
     (['--plot=/no/such/records.jsonl', '--val=/no/such/val.jsonl'], "records file '/no/such/records.jsonl' not found"),
-    (['--frontier=/no/such/records.jsonl'], 'give --val=VAL_RECORDS'),
+    (['--report=/no/such/records.jsonl'], 'give --val=VAL_RECORDS'),
+    (['--budgets=0,3'], 'each >= 1'),
 ])
 def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message, monkeypatch, capsys):
     code, out = run_in_process(['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', *args], monkeypatch, capsys)

@@ -118,8 +118,9 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
         (['data/sudoku4/prepare.py', f'--out_dir={a_file}'], 2, 'is a file, not a directory'),
         (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', f'--records={a_file}/r.jsonl'], 1, 'cannot write records'),
         (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--batch_size=0'], 1, 'batch_size >= 1'),
-        (['eval.py', f'--compare={a_file}'], 1, 'line 1: not a JSON record'),
-        (['eval.py', f'--compare={tmp_path / "other.jsonl"}'], 1, 'not an eval.py record'),
+        (['eval.py', f'--report={a_file}', f'--val={a_file}'], 1, 'line 1: not a JSON record'),
+        (['eval.py', f'--report={tmp_path / "other.jsonl"}', f'--val={a_file}'], 1,
+         'not an eval.py record'),
         (stage1_args(tiny_reasoning, tmp_path / 'zero', '--max_iters=0'), 0, 'nothing to train'),
     ]
     for args, code, message in rows:  # a training that starts runs in a subprocess (lock, signal handler)

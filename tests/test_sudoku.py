@@ -11,8 +11,8 @@ import pytest
 import common
 from conftest import run_script
 from data.sudoku import prepare as sudoku
-from eval import (binomial_interval, budgets, claim_table, comparison, frontier_points, frontier_table, numbers,
-                  paired_difference, read_records, report_text, val_frontier_means)
+from eval import (binomial_interval, frontier_scores, frontiers, mixture, paired_difference,
+                  passes_to_reach, read_records, report_text, upper_hull)
 from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
@@ -119,43 +119,53 @@ def test_exact_paired_interval_by_hand():
     assert d == 0 and lo < 0 < hi and math.isclose(lo, -hi)
 
 
-def record(label, split, threshold, accuracy, passes, items='1100', seed=1):
-    return dict(label=label, split=split, train_seed=seed, rule='threshold', tokens_per_step=None,
-                threshold=threshold, first_step='zero', residual_temperature=1.0, use_rcd=label != 'baseline',
-                accuracy=accuracy, mean_passes=passes, items=items, n=len(items), correct=items.count('1'))
+def record(label, split, rule, accuracy, passes, items='1100', seed=1, **rcd):
+    k, tau = (rule, None) if isinstance(rule, int) else (None, rule)
+    return dict(label=label, split=split, train_seed=seed, rule='static' if k else 'threshold',
+                tokens_per_step=k, threshold=tau, accuracy=accuracy, mean_passes=passes,
+                items=items, n=len(items), correct=items.count('1'), **rcd)
 
 
-def test_frontier_chooses_each_budget_on_val_and_reads_test():
-    # val: threshold 0.9 is the best at <= 3 passes; 0.99 costs 4.2, so it only counts from budget 5 on
-    # 0.95 ties 0.9 on val accuracy at more passes: the tie goes to fewer passes
-    val = [record('rcd', 'val', 0.5, 0.10, 2.0), record('rcd', 'val', 0.9, 0.60, 2.9),
-           record('rcd', 'val', 0.95, 0.60, 3.0), record('rcd', 'val', 0.99, 0.90, 4.2)]
-    # test: the better threshold on test at budget 3 (0.5 here) must not be what is reported
-    test = [record('rcd', 'test', 0.5, 0.75, 2.0, '1110'), record('rcd', 'test', 0.9, 0.50, 3.1, '1100'),
-            record('rcd', 'test', 0.95, 0.75, 3.1, '1110'), record('rcd', 'test', 0.99, 1.0, 4.4, '1111')]
-    points = frontier_points(test, val, [1, 3, 5])
-    assert set(points[('rcd', 1)]) == {3, 5}  # nothing fits a budget of 1 pass on val
-    assert points[('rcd', 1)][3]['threshold'] == 0.9 and points[('rcd', 1)][5]['threshold'] == 0.99
-    # paired against the baseline's own val choice on the same items: +0.25 at budget 3 (1100 vs 1000)
-    val += [record('baseline', 'val', 0.9, 0.5, 3.0)]
-    test += [record('baseline', 'test', 0.9, 0.25, 3.0, '1000')]
-    table = frontier_table(test, val, [3], 'baseline')
-    assert '| rcd | ≤ 3 | 25.0 (3.0) | 50.0 (3.1) | 1: 25.0 → 50.0, +25.0' in table
-    # the method chosen on val: rcd (0 + 0.6 + 0.9) / 3 against the baseline's (0 + 0.5 + 0.5) / 3
-    assert val_frontier_means(val, [1, 3, 5]) == pytest.approx({'rcd': 0.5, 'baseline': 1 / 3})
+def test_the_hull_mixes_two_neighbouring_settings_by_hand():
+    # val: 0.9 lies under the chord from 0.5 to 0.99 (0.5 at 3 passes); 0.995 costs more than 0.99
+    # and is no better: the hull is 0.5, 0.99, 0.999
+    val = {(r['rule'], r['threshold']): r for r in [
+        record('a', 'val', 0.5, 0.2, 2.0), record('a', 'val', 0.9, 0.3, 3.0),
+        record('a', 'val', 0.99, 0.8, 4.0), record('a', 'val', 0.995, 0.7, 5.0),
+        record('a', 'val', 0.999, 1.0, 8.0)]}
+    hull = upper_hull(val)
+    assert [(p, a) for p, a, _ in hull] == [(2.0, 0.2), (4.0, 0.8), (8.0, 1.0)]
+    assert mixture(hull, 1.5) == [] and mixture(hull, 9) == [(('threshold', 0.999), 1.0)]
+    assert mixture(hull, 3) == [(('threshold', 0.5), 0.5), (('threshold', 0.99), 0.5)]
+    assert mixture(hull, 7) == [(('threshold', 0.99), 0.25), (('threshold', 0.999), 0.75)]
+    # test: each setting's items; budgets 1 (nothing fits: 0), 3, 6 and 9
+    test = {key: dict(r, items=it, accuracy=it.count('1') / 4, n=4) for (key, r), it in
+            zip(val.items(), ['1000', '0000', '1100', '1110', '1111'])}
+    assert frontier_scores(val, test, [1, 3, 6, 9]) == [0.75, 0.625, 0.375, 0.375]
+    # test accuracy along the val hull: 0.25 at 2, 0.5 at 4, 1.0 at 8 passes
+    assert passes_to_reach(val, test, 0.2) == 2.0 and passes_to_reach(val, test, 0.75) == 6.0
+    assert passes_to_reach(val, test, 1.01) is None
 
 
-def test_claim_pairs_half_the_baselines_passes_with_its_ceiling():
-    # the baseline's ceiling is threshold 0.99 (best on val, 8 passes there), so the methods get 4 passes on val
-    val = [record('baseline', 'val', 0.9, 0.5, 3.0), record('baseline', 'val', 0.99, 0.9, 8.0),
-           record('rcd', 'val', 0.9, 0.6, 2.9), record('rcd', 'val', 0.99, 0.95, 4.2), record('slow', 'val', 0.9, 1, 5)]
-    test = [record('baseline', 'test', 0.9, 0.25, 3.0, '1000'), record('baseline', 'test', 0.99, 0.75, 7.5, '1110'),
-            record('rcd', 'test', 0.9, 0.5, 3.1, '1100'), record('rcd', 'test', 0.99, 1.0, 4.4, '1111'),
-            record('slow', 'test', 0.9, 1.0, 5.0, '1111')]
-    table = claim_table(test, val, 'baseline')
-    # rcd within 4 passes is threshold 0.9 (0.99 costs 4.2 on val, although it is better on test)
-    assert '| rcd | 1: 75.0 → 50.0, -25.0 [' in table and '(7.5 → 3.1; threshold 0.9) | -25.0 |' in table
-    assert '| slow | 1: nothing within 4.0 passes on val | -75.0 |' in table
+def test_rcd_knobs_are_chosen_once_per_seed_on_val_and_the_residual_off_is_its_own_row():
+    on = dict(use_rcd=True, residual_temperature=1.0, first_step='zero')
+    val, test = [], []
+    for steps, val_items, test_items in ((0, '1100', '1000'), (5, '1110', '1100')):  # 5 wins on val
+        for split, it in (('val', val_items), ('test', test_items)):
+            acc = it.count('1') / 4
+            rows = val if split == 'val' else test
+            rows += [record('rcd', split, 1, acc, 9.0, it, alpha_scale=0.25, residual_steps=steps, **on),
+                     record('rcd', split, 0.9, acc, 3.0, it, alpha_scale=0.25, residual_steps=steps, **on)]
+    for split, rows in (('val', val), ('test', test)):
+        rows += [record('rcd', split, 1, 0.5, 9.0, '1000', alpha_scale=0.0, residual_steps=0, **on),
+                 record('rcd', split, 0.9, 0.5, 3.0, '1000', alpha_scale=0.0, residual_steps=0, **on)]
+    front = frontiers(test, val, [3.0])
+    assert set(front) == {('rcd', 1), ('rcd_off', 1)}
+    assert {r['residual_steps'] for r in front['rcd', 1][1].values()} == {5}
+    text = report_text(test, val, [3.0], ['baseline'])
+    assert '| rcd − rcd_off | +25.0 | +25.0 [' in text  # items 1100 against 1000, seed 1
+    with pytest.raises(SystemExit, match='lacks 1 settings of the menu'):
+        frontiers(test[:-1], val, [3.0])  # the off row's test records lack threshold 0.9
 
 
 def test_greedy_digging_leaves_no_removable_given():
@@ -212,53 +222,13 @@ def test_held_out_grids_are_no_symmetric_copy_of_a_training_grid(small_set):
         assert not {invariant(g) for g in held_out} & seen, split
 
 
-def test_the_stored_ceiling_and_claim_tables_come_from_the_stored_records():
-    with open(os.path.join(common.ROOT, 'results', 'sudoku_ceiling_h200.md')) as f:
-        published = set(f.read().splitlines())
-    rows = []
-    for name in ('sudoku_frontier_h200', 'sudoku_hard_frontier_h200', 'sudoku_mixed_start_h200',
-                 'sudoku_hard_mixed_start_h200'):
-        path = os.path.join(common.ROOT, 'results', name)
-        test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
-        rows += frontier_table(test, val, [1000.0], 'baseline').splitlines()
-        rows += claim_table(test, val, 'baseline').splitlines()
-    assert len(rows) == 40 and not [r for r in rows if r not in published]
-
-
-@pytest.mark.parametrize('name, control', [
-    ('sudoku_frontier_h200', None), ('sudoku_hard_frontier_h200', None), ('sudoku_mixed_start_h200', None),
-    ('sudoku_hard_mixed_start_h200', None), ('sudoku_decode_knobs_h200', None),
-    ('sudoku_hard_decode_knobs_h200', None), ('sudoku_control_pilot_h200', 'baseline_rollout'),
-    ('sudoku_hard_control_pilot_h200', 'baseline_rollout'), ('sudoku_hard_control_h200', 'baseline_rollout'),
-    ('sudoku_plain_h200', 'baseline_rollout_all'), ('sudoku_hard_plain_h200', 'baseline_rollout_all'),
-    ('sudoku_plain_rerun_h200', 'baseline_rollout_all'), ('sudoku_plain_one_seed_h200', 'baseline_rollout_all')])
-def test_the_stored_results_tables_come_from_the_stored_records(name, control):
-    """Every table row in results/<name>.md is what eval.py computes today from the records beside it: the
-    published numbers and the statistics code cannot drift apart. The later runs' files also hold the ceiling and
-    the claim, and the control runs every table against the control too."""
+@pytest.mark.parametrize('name', ['sudoku_plain_h200', 'sudoku_hard_plain_h200'])
+def test_the_stored_tables_come_from_the_stored_records(name):
+    """results/<name>.md is what eval.py --report prints today from the records beside it: the
+    published numbers and the statistics code cannot drift apart."""
     path = os.path.join(common.ROOT, 'results', name)
     test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
     with open(f'{path}.md') as f:
-        published = set(f.read().splitlines())
-    rows = []
-    for base in ['baseline'] + ([control] if control else []):
-        rows += frontier_table(test, val, numbers(budgets, 'budgets', float), base).splitlines()  # eval's default
-        rows += comparison(test, base).splitlines()
-        if 'knobs' in name or control:
-            rows += frontier_table(test, val, [1000.0], base).splitlines()
-            rows += claim_table(test, val, base).splitlines()
-    assert len(rows) > 60 and not [r for r in rows if r not in published]
-
-
-def test_the_report_prints_every_table_against_the_baseline_and_the_control():
-    """eval.py --report (the recipe's one table process) holds, in order, the frontier, the ceiling and the claim
-    against the baseline, the frontier and the claim against the control, then the paired differences."""
-    path = os.path.join(common.ROOT, 'results', 'sudoku_plain_rerun_h200')
-    test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
-    grid = numbers(budgets, 'budgets', float)
-    tables = [frontier_table(test, val, grid, 'baseline'), frontier_table(test, val, [1000.0], 'baseline'),
-              claim_table(test, val, 'baseline'), frontier_table(test, val, grid, 'baseline_rollout_all'),
-              claim_table(test, val, 'baseline_rollout_all'), comparison(test, 'baseline')]
-    text = report_text(test, val, grid)
-    at = [text.index(table) for table in tables]
-    assert at == sorted(at) and text.count('## ') == 5 and 'against the control (baseline_rollout_all)' in text
+        published = f.read()
+    table = report_text(test, val, list(range(3, 13)), ['baseline', 'baseline_rollout_all'])
+    assert table.count('|') > 100 and table in published
