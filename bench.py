@@ -5,7 +5,7 @@ them, or every row, through the target's own 4-step decoding rollout, as --rollo
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
 (c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
 without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
-50304), the tiny default model and the Sudoku model (config/sudoku_gpu.py; sampled as eval.py does, 500 at once).
+50304), the tiny default model and the Sudoku model (train_stage1.py's defaults; sampled as eval.py does, 500 at once).
 GPU times are CUDA events after warm-up, median of repeats. Random weights and tokens: speed does not depend on them,
 and the sampler's static rule makes the number of forward passes fixed. On CPU a tiny smoke version runs.
 
@@ -125,7 +125,7 @@ def bench_train(size, spec, cfg):
     x0 = torch.randint(0, V - 2, (b, L), device=dev)
     prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
     gen = torch.Generator(dev).manual_seed(0)
-    residual_fn = torch.compile(rcd.logits_residual) if compile and cuda else rcd.logits_residual
+    residual_fn = torch.compile(rcd.residual) if compile and cuda else rcd.residual
     ref_fwd = torch.compile(reference) if compile and cuda else reference
     step_ms = {}
 
@@ -140,9 +140,10 @@ def bench_train(size, spec, cfg):
                 x_t, masked, t = add_noise(x0, prompt_mask, B, cfg.mask_id, 0.0, 1.0, gen)
                 delta = None
                 if n and stage.endswith('rollout'):
-                    start, steps, threshold, reads = rcd.rollout_rows(x0[:n], x_t[:n], prompt_mask[:n],
+                    start, steps, threshold, reads = rcd.rollout_rows(x0[:n], prompt_mask[:n],
                                                                       cfg.mask_id, 4, generator=gen)
-                    state = rcd.rollout(fwd, x0[:n], start, prompt_mask[:n], steps, threshold, residual, reads)
+                    state = rcd.rollout(fwd, x0[:n], start, prompt_mask[:n], steps, threshold, reads,
+                                        'entropy')
                     x_t[:n], masked[:n], t[:n], logits, remasked = state
                     delta = residual(logits, remasked)
                 elif n:

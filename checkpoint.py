@@ -49,9 +49,9 @@ def save_checkpoint(ckpt, path):
         fail(f'could not save the checkpoint ({str(e).splitlines()[0][:120]}); {kept}')
 
 
-def load_checkpoint(path):
-    """A checkpoint dict, its tensors verified against the checksum it was saved with; anything
-    else is one line."""
+def load_checkpoint(path, stage=None):
+    """A checkpoint dict, its tensors verified against the checksum it was saved with (and of the
+    training `stage`, 1 or 2, where given); anything else is one line."""
     if os.path.isdir(path):
         fail(f"checkpoint '{path}' is a directory: give the ckpt.pt file in it")
     if not os.path.isfile(path):
@@ -64,6 +64,9 @@ def load_checkpoint(path):
         fail(f"'{path}' is not a nanoRCD checkpoint (needs model, model_args and meta)")
     if 'checksum' in ckpt and ckpt['checksum'] != checksum(ckpt):
         fail(f"'{path}' is corrupted: its tensors do not match the checksum saved with them")
+    found = 2 if 'rollout_steps' in ckpt.get('config', {}) else 1  # only stage 2 has the knob
+    if stage is not None and found != stage:
+        fail(f"'{path}' is a stage-{found} checkpoint where a stage-{stage} one belongs")
     return ckpt
 
 

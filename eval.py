@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 import common
 from configurator import configure
-from sample import Decoding, answer_of, check_decoding, generate, is_right, load_models
+from engine import load_models
+from sample import Decoding, answer_of, check_decoding, generate, is_right
 
 # -----------------------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
@@ -445,6 +446,7 @@ def sweep(dec, settings):
         wall = time.perf_counter() - t0  # score reads every answer back to the CPU: the GPU is done
         n, correct = len(right), sum(right)
         record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'), dataset=meta['dataset'],
+                      data_seed=meta.get('data_seed'),
                       split=split, block_size=model.cfg.block_size, use_rcd=use_rcd,
                       alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=a, first_step=start,
                       residual_temperature=T, residual_steps=n_res, rule=rule,

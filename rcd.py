@@ -1,46 +1,41 @@
 """
 Residual Context Diffusion (RCD): what remasking throws away, kept as a residual for the next step.
 
-At a denoising step the model predicts a distribution p_i for every masked position i of the current
-block. The sampler commits a few of them; the rest are *remasked*. A plain sampler feeds [MASK] back
-at those positions, so the next step starts from nothing there. RCD feeds back what the model
-already computed (docs/method.md):
+At a denoising step the model predicts a distribution p_i for every masked position i of the
+current block. The sampler commits a few of them; the rest are *remasked*. A plain sampler feeds
+[MASK] back at those positions, so the next step starts from nothing there. RCD feeds back what
+the model already computed (the paper's Eq. 1-3):
 
-    soft token   r_i = Σ_v p_i(v) · E[v] = p_i E        (E: the model's own input embeddings)
-    weight       α_i = H(p_i) / log V                   (normalized entropy: 0 certain, 1 uniform)
-    next input   e_i = (1 − α_i) · E[MASK] + α_i · r_i   (instead of E[MASK])
+    residual     Δ_i = Σ_v p_i(v) · E[v] = p_i E          (E: the model's own input embeddings)
+    weight       α_i = H(p_i) / log V                    (normalized entropy: 0 certain, 1 uniform)
+    next input   e_i = (1 − α_i) · E[MASK] + α_i · Δ_i    (instead of E[MASK])
 
-A remasked position reads E[MASK] already, so the model is handed the change
-e_i − E[MASK] = α_i · (r_i − E[MASK]) (model.forward's `delta`). Committed positions, and positions
-with no prediction yet, get no change. Pure functions of tensors, used by train_stage2.py and
-sample.py alike.
+The model reads E[MASK] at a masked position already, so it is handed the change e_i − E[MASK]
+(model.forward's `delta`); committed positions, and positions with no prediction yet, get none.
+Used by train_stage2.py and sample.py alike. The rollout at the end (not in the paper) draws stage
+2's training states the way threshold decoding draws them.
 """
 import math
 
 import torch
 
-ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')
+ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')  # the paper's Fig. 5 ablation, + none
 
 
 def residual_probs(logits, mask_id, temperature=1.0):
     """p_i = softmax(logits_i / T) over the vocabulary without [MASK] (the model never predicts
-    [MASK]). Returned in float32: entropies of low-precision probabilities are noisy."""
+    [MASK]). Float32: entropies of low-precision probabilities are noisy."""
     logits = logits.float().clone()
     logits[..., mask_id] = float('-inf')
     return torch.softmax(logits / temperature, dim=-1)
 
 
-def soft_tokens(probs, embedding):
-    """r_i = Σ_v p_i(v)·E[v]: the probability-weighted average of the input embeddings. (..., V)
-    -> (..., d)."""
-    return probs.to(embedding.dtype) @ embedding
-
-
 def residual_weight(probs, mode, constant=0.5):
-    """The weight α_i of each position's residual, by `mode`: 'entropy'    α = H(p)/log V, V the
-    tokens p can put mass on (all but [MASK]): the paper's choice; 'confidence' α = max_v p(v);
-    'constant'   α = constant; 'none'       α = 0: no residual at all, exactly the plain sampler
-    (the baseline of every ablation)."""
+    """α_i of each position, by `mode`:
+    'entropy'     α = H(p) / log V, V the tokens p can put mass on (all but [MASK]): the paper;
+    'confidence'  α = max_v p(v);
+    'constant'    α = constant;
+    'none'        α = 0: no residual at all, exactly the plain sampler."""
     if mode == 'entropy':
         support = probs.shape[-1] - 1  # [MASK] has probability 0
         return torch.special.entr(probs).sum(-1) / math.log(support)
@@ -53,68 +48,48 @@ def residual_weight(probs, mode, constant=0.5):
     raise ValueError(f"alpha_mode='{mode}' must be one of {', '.join(ALPHA_MODES)}")
 
 
-def residual_inputs(probs, embedding, mask_id, alpha):
-    """The injected input embedding e = (1 − α)·E[MASK] + α·r at every position. (..., V) ->
-    (..., d)."""
-    alpha = alpha[..., None].to(embedding.dtype)
-    return (1 - alpha) * embedding[mask_id] + alpha * soft_tokens(probs, embedding)
-
-
-def residual_delta(probs, embedding, mask_id, remasked, alpha):
-    """e − E[MASK] at the `remasked` positions (bool: they stay [MASK] into the next step), 0
-    elsewhere."""
-    delta = residual_inputs(probs, embedding, mask_id, alpha) - embedding[mask_id]
-    return delta * remasked[..., None].to(delta.dtype)
-
-
-def logits_residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0,
-                    temperature=1.0):
-    """The residual (delta, (b, n, d)) of the distributions p = softmax(logits): what stage 2 and
-    the sampler inject. scale multiplies α (capped at 1): a lighter residual, as at a large
-    vocabulary, where the same uncertainty gives a smaller H(p)/log V. temperature is T_res
-    (inference only, the paper's Alg. 2): α is read from softmax(logits / T_res) while the soft
-    token keeps the untempered p."""
+def residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0,
+             temperature=1.0):
+    """The change e − E[MASK] (b, n, d) at the `remasked` positions (bool (b, n)), 0 elsewhere,
+    from a step's logits (b, n, V). scale multiplies α (capped at 1): a lighter residual, as at
+    the paper's vocabulary, where the same uncertainty gives a smaller H(p) / log V (the README's
+    result). temperature is T_res (inference only, the paper's Alg. 2): α is read from
+    softmax(logits / T_res) while Δ keeps the untempered p."""
     probs = residual_probs(logits, mask_id)
     tempered = probs if temperature == 1.0 else residual_probs(logits, mask_id, temperature)
-    alpha = (scale * residual_weight(tempered, mode, constant)).clamp(max=1.0)
-    return residual_delta(probs, embedding, mask_id, remasked, alpha)
+    alpha = (scale * residual_weight(tempered, mode, constant)).clamp(max=1.0)[..., None]
+    alpha = alpha.to(embedding.dtype)
+    delta_soft = probs.to(embedding.dtype) @ embedding  # Eq. 1: Δ = p E
+    e = (1 - alpha) * embedding[mask_id] + alpha * delta_soft  # Eq. 2
+    return (e - embedding[mask_id]) * remasked[..., None].to(e.dtype)
 
 
 def dirichlet_logits(shape, mask_id, generator=None, device=None):
-    """Logits of p ~ Dirichlet(1, ..., 1) over the tokens: the non-informative first-step residual
-    (the paper names no concentration; 1 is uniform over the simplex). A Dirichlet(1) draw is Exp(1)
-    draws normalized."""
+    """Logits of p ~ Dirichlet(1, ..., 1) over the tokens: the non-informative first-step
+    residual of the paper's Table 5 (it names no concentration; 1 is uniform over the simplex).
+    A Dirichlet(1) draw is Exp(1) draws normalized."""
     u = torch.rand(shape, generator=generator, device=device).clamp_min(1e-12)
     return torch.log(-torch.log(u))  # log of an Exp(1) draw; [MASK] is dropped by residual_probs
 
 
-def step_aligned(x_t, visible, mask_id, rate, generator=None):
-    """Stage 2's step-aligned reference input (not in the paper): x_t with each `visible` position
-    also masked with probability `rate`. At decoding time a residual comes from the previous step,
-    which had not yet seen the tokens that step then committed; this hands the reference that
-    view."""
-    extra = (torch.rand(x_t.shape, generator=generator, device=x_t.device) < rate) & visible
-    return torch.where(extra, mask_id, x_t)
+# --------------------------------------------------------------------------------------------------
+# Stage 2's rollout (the README's result, not in the paper): training states and residuals drawn
+# from the target itself under the threshold commit rule, as decoding draws them.
 
-
-def stratified_steps(n, high, low=0, device=None):
-    """n rollout step counts, low..high in equal groups. The rows are drawn at random, so each row's
+def stratified_steps(n, high, device=None):
+    """n rollout step counts, 0..high in equal groups. The rows are drawn at random, so each row's
     count is still uniform; fixed counts give each rollout step the same batch size every time (no
     recompiles of the compiled model)."""
-    return low + torch.arange(n, device=device) * (high - low + 1) // max(n, 1)
+    return torch.arange(n, device=device) * (high + 1) // max(n, 1)
 
 
-def rollout_rows(x0, x_t, prompt_mask, mask_id, max_steps, noised=0.0, plain=0.0, generator=None):
-    """How stage 2 sets up its rollout rows: (start, n_steps, threshold, reads_residual) for rollout.
-    Rows start at a block's start, all [MASK], but the first round(noised · n), which start at their
-    noised x_t and take one step or more; step counts are stratified over 0..max_steps; thresholds
-    are 1 − 10^-u, u ~ U(1, 4); a `plain` share of the rows, spread evenly, reads no residual."""
+def rollout_rows(x0, prompt_mask, mask_id, max_steps, plain=0.0, generator=None):
+    """How stage 2 sets up its rollout rows: (start, n_steps, threshold, reads_residual). Rows start
+    at a block's start, all [MASK]; step counts are stratified over 0..max_steps; thresholds are
+    1 − 10^-u, u ~ U(1, 4); a `plain` share of the rows, spread evenly, reads no residual."""
     n, device = len(x0), x0.device
     start = torch.where(prompt_mask, x0, mask_id)
-    m = round(noised * n)
-    start[:m] = x_t[:m]
-    n_steps = torch.cat((stratified_steps(m, max_steps, 1, device),
-                         stratified_steps(n - m, max_steps, 0, device)))
+    n_steps = stratified_steps(n, max_steps, device)
     threshold = 1 - 10 ** -(1 + 3 * torch.rand(n, device=device, generator=generator))
     row = torch.arange(n, device=device)
     reads = (row * plain).floor() == ((row + 1) * plain).floor()
@@ -122,19 +97,17 @@ def rollout_rows(x0, x_t, prompt_mask, mask_id, max_steps, noised=0.0, plain=0.0
 
 
 @torch.no_grad()
-def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_residual=None):
-    """Stage-2 training states drawn the way threshold decoding draws them (not in the paper). From
-    the state x_t (all [MASK] is a block's start), row r takes n_steps[r] no-grad denoising steps of
-    `model`, each fed the previous step's residual: commit the masked positions whose top
-    probability reaches threshold[r] (at least the most confident one of each block) with their true
-    tokens, and keep the rest's predictions for the next step. residual(logits, remasked) -> delta
-    builds a residual; rows where reads_residual (b,) is False never read one. Returns (x_t, masked,
-    t, logits, remasked): the state the next step reads, its masked positions, each block's masked
-    fraction, and what its residual is built from."""
+def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, reads_residual, alpha_mode,
+            alpha_constant=0.5, alpha_scale=1.0):
+    """From the state x_t (all [MASK] is a block's start), row r takes n_steps[r] no-grad
+    denoising steps of `model`, each fed the previous step's residual: commit the masked positions
+    whose top probability reaches threshold[r] (at least the most confident one of each block)
+    with their true tokens, and keep the rest's predictions for the next step. Rows where
+    reads_residual (b,) is False never read one. Returns (x_t, masked, t, logits, remasked): the
+    state the next step reads, its masked positions, each block's masked fraction, and what its
+    residual is built from."""
     b, L = x0.shape
-    B, mask_id = model.cfg.block_size, model.cfg.mask_id
-    if reads_residual is None:  # every row reads its residual
-        reads_residual = torch.ones_like(n_steps, dtype=torch.bool)
+    B, mask_id, embedding = model.cfg.block_size, model.cfg.mask_id, model.wte.weight
     order = n_steps.argsort(descending=True, stable=True)  # step s runs the first rows (> s steps)
     x0, threshold, reads = x0[order], threshold[order], reads_residual[order]
     x_t = x_t[order]  # a copy: the caller's x_t stays as it was
@@ -143,7 +116,9 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, residual, reads_res
     counts = n_steps.tolist()  # one read back to the host per rollout
     for k in [sum(c > s for c in counts) for s in range(max(counts, default=0))]:  # rows at step s
         masked = x_t[:k] == mask_id
-        logits[:k] = model(x_t[:k], x0[:k], residual(logits[:k], remasked[:k])).float()
+        delta = residual(logits[:k], embedding, mask_id, remasked[:k], alpha_mode, alpha_constant,
+                         alpha_scale)
+        logits[:k] = model(x_t[:k], x0[:k], delta).float()
         conf = residual_probs(logits[:k], mask_id).amax(-1).masked_fill(~masked, -1.0)
         conf = conf.view(k, L // B, B)
         commit = (conf >= threshold[:k, None, None]) | (conf == conf.amax(-1, keepdim=True))

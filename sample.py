@@ -20,7 +20,7 @@ which has no previous step.
 On a dataset with answers (sudoku, reasoning) and no --prompt it samples the first test problems and
 says whether each answer is right. Accuracy over a sweep of decoding budgets: eval.py.
 """
-import functools
+import itertools
 import math
 import os
 import pickle
@@ -30,33 +30,31 @@ from dataclasses import dataclass
 import torch
 
 import common
-from checkpoint import build_model, check_compatible, load_checkpoint
+import engine
 from configurator import configure
-from data.tokenizer import Tokenizer
-from model import KVCache
-from rcd import ALPHA_MODES, dirichlet_logits, logits_residual, residual_probs
+from rcd import ALPHA_MODES, dirichlet_logits
 
-FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')
+FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')  # the paper's Table 5
 
 # --------------------------------------------------------------------------------------------------
-ckpt = 'out/stage1/ckpt.pt'
-prompt = ''                  # text to continue ('\\n' is a newline); '' = the dataset's first test problems
+ckpt = 'out/stage2/ckpt.pt'
+prompt = ''                  # text to continue ('\\n' is a newline); '' = the first test problems
 num_samples = 8
 max_new_tokens = 0           # 0 = up to the model's context length
-tokens_per_step = 1          # static rule: tokens committed per denoising step (spread evenly over the block)
-threshold = 0.0              # > 0: threshold rule instead: commit every position with top probability >= it
-temperature = 0.0            # 0 = greedy; otherwise sample committed tokens from softmax(logits / temperature)
+tokens_per_step = 1          # static rule: tokens committed per step (spread evenly over the block)
+threshold = 0.99             # > 0: threshold rule: commit every position with top probability >= it
+temperature = 0.0            # 0 = greedy; else sample committed tokens from softmax(logits / T)
 use_cache = True             # False: re-run the whole sequence at every step (same tokens, slower)
-use_rcd = False              # residual context: remasked positions carry their residual into the next step
-alpha_mode = 'entropy'       # with use_rcd: 'entropy' (paper), 'confidence', 'constant', 'none' (= plain sampler)
+use_rcd = True               # residual context: remasked positions carry their residual onward
+alpha_mode = 'entropy'       # with use_rcd: 'entropy' (paper), 'confidence', 'constant', 'none'
 alpha_constant = 0.5         # α for alpha_mode='constant'
-alpha_scale = 1.0            # α is multiplied by this (capped at 1); use the value the model was trained with
-residual_temperature = 1.0   # T_res: with use_rcd, α is the entropy of softmax(logits / T_res) (paper Alg. 2)
-first_step = 'zero'          # with use_rcd, the residual of a block's first step: 'zero' (cold start), 'self' (one
-                             # extra pass of the model), 'reference' (one pass of reference_ckpt),
-                             # 'dirichlet'
-residual_steps = 0           # with use_rcd: residuals reach only a block's first N steps (0 = every step); a
-                             # rollout-trained model saw them at steps 1..rollout_steps only
+alpha_scale = 0.25           # α is multiplied by this (capped at 1): as the model was trained
+residual_temperature = 1.0   # T_res: with use_rcd, α is the entropy of softmax(logits / T_res)
+first_step = 'zero'          # with use_rcd, the residual of a block's first step: 'zero' (cold
+                             # start), 'self' (one extra pass of the model), 'reference' (one
+                             # pass of reference_ckpt), 'dirichlet' (the paper's Table 5)
+residual_steps = 0           # with use_rcd: residuals reach only a block's first N steps (0 = every
+                             # step; the README's result: a 4-step rollout trains steps 1..4)
 reference_ckpt = ''          # the checkpoint of first_step='reference' (a stage-1 model)
 device = 'auto'
 dtype = 'auto'
@@ -80,10 +78,13 @@ class Decoding:
 
     def problem(self):
         """What is wrong with these settings, in one line, or None."""
-        if self.tokens_per_step < 1 or not 0.0 <= self.threshold <= 1.0 or self.temperature < 0:
-            return 'need tokens_per_step >= 1, 0 <= threshold <= 1 and temperature >= 0'
-        if self.residual_temperature <= 0 or self.alpha_scale < 0 or self.residual_steps < 0:
-            return 'need residual_temperature > 0, alpha_scale >= 0 and residual_steps >= 0'
+        if self.tokens_per_step < 1 or not 0.0 <= self.threshold <= 1.0 or \
+                not 0 <= self.temperature < math.inf:
+            return 'need tokens_per_step >= 1, 0 <= threshold <= 1 and a finite temperature >= 0'
+        if not (1e-3 <= self.residual_temperature < math.inf and 0 <= self.alpha_scale < math.inf
+                and 0 <= self.alpha_constant <= 1 and self.residual_steps >= 0):
+            return ('need 1e-3 <= residual_temperature and alpha_scale >= 0 both finite, '
+                    '0 <= alpha_constant <= 1 and residual_steps >= 0')
         if self.alpha_mode not in ALPHA_MODES:
             return f"alpha_mode='{self.alpha_mode}' must be one of {', '.join(ALPHA_MODES)}"
         if self.first_step not in FIRST_STEPS:
@@ -101,8 +102,8 @@ def commit_counts(n_masked, tokens_per_step):
 
 
 def predict(probs, masked, dec, generator):
-    """Each position's token (greedy, or sampled with temperature) and its probability, the confidence
-    (-1 where the position is not masked)."""
+    """Each position's token (greedy, or sampled with temperature) and its probability, the
+    confidence (-1 where the position is not masked)."""
     if dec.temperature > 0:
         pred = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
     else:
@@ -121,176 +122,82 @@ def commit_rule(conf, masked, dec, k):
     else:
         commit = torch.zeros_like(masked)
         commit.scatter_(1, conf.topk(k, dim=1).indices, True)
-    return commit & masked
+    commit &= masked
+    if (masked.any(1) & ~commit.any(1)).any():  # NaN confidences: the block would never finish
+        raise RuntimeError('a denoising step committed no token (are the logits finite?)')
+    return commit
+
+
+def first_step_logits(dec, target, reference, s, e, generator):
+    """What a block's first step builds its residual from (the paper's Table 5): nothing for a
+    cold start ('zero') or the plain sampler; a Dirichlet(1) draw; or the logits of one extra pass
+    of the target ('self') or of the reference model."""
+    if not dec.use_rcd or dec.first_step == 'zero':
+        return None
+    if dec.first_step == 'dirichlet':
+        cfg, x = target.model.cfg, target.x
+        return dirichlet_logits((len(x), e - s, cfg.vocab_size), cfg.mask_id, generator, x.device)
+    if dec.first_step == 'reference' and reference is None:
+        raise ValueError("first_step='reference' needs a reference model")
+    return (reference if dec.first_step == 'reference' else target)(s, e)
 
 
 @torch.no_grad()
-def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None, generator=None, use_cache=True,
-             cuda_graph=True):
+def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None, generator=None,
+             use_cache=True, cuda_graph=True):
     """Continue prompt_ids (b, p) by max_new_tokens, block by block, decoding as `dec` says. Blocks
     are aligned to multiples of B from position 0, as in training, so the prompt's last partial
     block is completed in place. A row stops after the block in which it commits eos_id. Returns
     (tokens (b, p + max_new_tokens), forward passes per row (b,)). `reference`: the model of
-    first_step='reference'. cuda_graph: on CUDA with the cache, each model's one-block pass is a
-    replayed CUDA graph (same tokens, faster)."""
+    first_step='reference'. cuda_graph: on CUDA each one-block pass replays a CUDA graph."""
     cfg, (b, p), dev = model.cfg, prompt_ids.shape, prompt_ids.device
     B, mask_id = cfg.block_size, cfg.mask_id
     end = -(-(p + max_new_tokens) // B) * B  # whole blocks
-    check_fits(p, max_new_tokens, end, cfg.seq_len, dec, reference)
-    x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), dim=1)
-    target = BlockRunner(model, x, use_cache, cuda_graph)
-    runners = [target] + ([BlockRunner(reference, x, use_cache, cuda_graph)] if reference is not None else [])
-    probs_of, residual_of = step_functions(dev)
-    for runner in runners:
-        runner.prefill(p // B * B)  # the prompt's whole blocks
+    if max_new_tokens < 1 or end > cfg.seq_len:
+        raise ValueError(f'a prompt of {p} tokens and {max_new_tokens} new tokens must fit the '
+                         f'context (seq_len={cfg.seq_len}) with at least one new token')
+    x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), 1)
+    target, ref = engine.runners(model, reference, x, p // B * B, use_cache, cuda_graph)
+    probs_of, residual_of = engine.step_functions(dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     passes = torch.zeros(b, dtype=torch.long, device=dev)
     for blk in range(p // B, end // B):
         s, e = blk * B, (blk + 1) * B
         schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), dec.tokens_per_step)
-        # RCD: the next step's residual is built from res_logits at the remasked positions; a
-        # block's first step has none, unless first_step seeds one
-        masked = (x[:, s:e] == mask_id) & ~done[:, None]
-        res_logits, remasked = None, masked
-        if dec.use_rcd and dec.first_step == 'dirichlet':
-            res_logits = dirichlet_logits((b, B, cfg.vocab_size), mask_id, generator, dev)
-        elif dec.use_rcd and dec.first_step in ('self', 'reference'):  # one extra pass seeds the residual
-            res_logits = runners[-1](s, e) if dec.first_step == 'reference' else target(s, e)
-            passes += masked.any(1)
-        step = 0
-        while True:
+        # RCD: each step's residual comes from res_logits at the remasked positions
+        res_logits = first_step_logits(dec, target, ref, s, e, generator)
+        remasked = (x[:, s:e] == mask_id) & ~done[:, None]
+        if dec.use_rcd and dec.first_step in ('self', 'reference'):  # an extra pass
+            passes += remasked.any(1)
+        for step in itertools.count():
             masked = (x[:, s:e] == mask_id) & ~done[:, None]
             live = masked.any(1)
             if not live.any():
                 break
-            delta = None  # built before the pass: a replayed graph overwrites its logits at the next replay
+            delta = None  # built before the pass: a replayed graph overwrites its logits
             if res_logits is not None and (dec.residual_steps == 0 or step < dec.residual_steps):
                 delta = residual_of(res_logits, model.wte.weight, mask_id, remasked, dec.alpha_mode,
                                     dec.alpha_constant, dec.alpha_scale, dec.residual_temperature)
             logits = target(s, e, delta)
             passes += live
-            pred, conf = predict(probs_of(logits, mask_id, dec.temperature or 1.0), masked, dec, generator)
+            pred, conf = predict(probs_of(logits, mask_id, dec.temperature or 1.0), masked, dec,
+                                 generator)
             commit = commit_rule(conf, masked, dec, schedule[min(step, len(schedule) - 1)])
-            if (live & ~commit.any(1)).any():  # a rule that commits nothing would loop forever
-                raise RuntimeError(f'a denoising step committed no token (block {blk}, step {step})')
             x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
             if dec.use_rcd:  # RCD: the remasked positions keep what this step computed for them
                 res_logits, remasked = logits, masked & ~commit
-            step += 1
         if eos_id is not None:
             done |= (x[:, s:e] == eos_id).any(1)
         if done.all() or e == end:
             break
-        for runner in runners if use_cache else []:
+        for runner in (r for r in (target, ref) if r is not None and use_cache):
             runner.keep(s, e)  # the next blocks read the finished block's keys/values
             passes += ~done
     return x[:, :p + max_new_tokens], passes
 
 
 # --------------------------------------------------------------------------------------------------
-# The machinery under generate: a model's pass on one block (KV cache, CUDA graph or full re-run),
-# compiled helpers
-
-def check_fits(p, max_new_tokens, end, seq_len, dec, reference):
-    if max_new_tokens < 1 or end > seq_len:
-        raise ValueError(f'a prompt of {p} tokens and {max_new_tokens} new tokens must fit the context '
-                         f'(seq_len={seq_len}) with at least one new token')
-    if (dec.first_step == 'reference') != (reference is not None):
-        raise ValueError("first_step='reference', and only it, needs a reference model")
-
-
-class BlockRunner:
-    """One model's forward pass over one block [s, e) of the sequence x: against its KV cache (a
-    replayed CUDA graph on CUDA), or, without a cache, by re-running the whole prefix."""
-
-    def __init__(self, model, x, use_cache, cuda_graph):
-        self.model, self.x = model, x
-        self.cache = KVCache(model.cfg.n_layer, x.shape[1], x.device) if use_cache else None
-        self.use_graph = use_cache and cuda_graph and x.device.type == 'cuda'
-        self.graph = None  # captured on first use
-
-    def prefill(self, n):
-        if self.cache is not None and n > 0:
-            self.model(self.x[:, :n], cache=self.cache)
-            self.cache.advance(n)
-
-    def __call__(self, s, e, delta=None):
-        """Logits of block [s, e), its inputs shifted by delta (b, e - s, d) where given."""
-        if self.cache is None:
-            if delta is not None:
-                delta = torch.cat((delta.new_zeros(len(delta), s, delta.shape[-1]), delta), dim=1)
-            return self.model(self.x[:, :e], delta=delta)[:, s:]
-        if self.use_graph:
-            if self.graph is None:
-                self.graph = step_graph(self.model, self.cache, len(self.x))
-            return self.graph(self.x[:, s:e], delta)
-        return self.model(self.x[:, s:e], cache=self.cache, delta=delta)
-
-    def keep(self, s, e):
-        """Run the finished block once more and keep its keys/values in the cache."""
-        self(s, e)
-        self.cache.advance(e - s)  # keep the block's keys/values
-
-
-def step_functions(device):
-    """(token probabilities, RCD residual) of a step's logits; on CUDA compiled, so that their
-    passes over the (b, B, V) float32 probabilities fuse into a few kernels."""
-    if device.type == 'cuda':
-        return compiled(residual_probs), compiled(logits_residual)
-    return residual_probs, logits_residual
-
-
-@functools.cache
-def compiled(fn):
-    """torch.compile(fn), once per function or model: every generate() call reuses it."""
-    return torch.compile(fn)
-
-
-def step_graph(model, cache, b):
-    """model's forward on one block against `cache`, compiled and captured once as a CUDA graph: a
-    replay launches the whole pass at once, where an eager pass is ~400 kernel launches and the
-    host, not the GPU, bounds the sampler; compiled, its elementwise work is fused (at large batches
-    the GPU bounds it). The cache's position lives on the device, so one graph serves every step of
-    every block. Returns replay(x_block, delta)."""
-    cfg, forward = model.cfg, compiled(model)
-    x = torch.full((b, cfg.block_size), cfg.mask_id, dtype=torch.long, device=cache.start.device)
-    delta = torch.zeros(b, cfg.block_size, cfg.n_embd, device=x.device)  # no residual = a zero residual
-    # the weight casts become part of the graph: autocast must not cache them across the capture
-    amp = torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'),
-                         enabled=torch.is_autocast_enabled('cuda'), cache_enabled=False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), amp:  # warm-up off the main stream, as capture requires
-        for _ in range(2):  # compiles; once more if the first call made the cache's buffers
-            forward(x, cache=cache, delta=delta)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), amp:
-        logits = forward(x, cache=cache, delta=delta)
-
-    def replay(x_block, delta_block):
-        x.copy_(x_block)
-        if delta_block is None:
-            delta.zero_()
-        else:
-            delta.copy_(delta_block)
-        graph.replay()
-        return logits  # overwritten by the next replay
-    return replay
-
-
-def load_models(ckpt, reference_ckpt, dev):
-    """(model, meta, tokenizer, reference or None, training config) from a checkpoint (and a
-    reference one)."""
-    state = load_checkpoint(ckpt)
-    model = build_model(state['model_args'], state['model']).to(dev).eval()
-    reference = None
-    if reference_ckpt:
-        ref_state = load_checkpoint(reference_ckpt)
-        check_compatible(ref_state, state, 'reference_ckpt', 'ckpt')
-        reference = build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
-    return model, state['meta'], Tokenizer(state['meta']), reference, state.get('config', {})
-
+# The command line: load, decode the first test problems (or a prompt), say which are right
 
 def check_decoding(dec, reference_ckpt):
     """A bad decoding setting is one clear line."""
@@ -298,7 +205,8 @@ def check_decoding(dec, reference_ckpt):
     if problem:
         common.fail(problem)
     if (dec.first_step == 'reference') != bool(reference_ckpt):
-        common.fail("first_step='reference' needs --reference_ckpt=PATH, and reference_ckpt needs it")
+        common.fail("first_step='reference' needs --reference_ckpt=PATH, and reference_ckpt "
+                    "needs it")
 
 
 def answer_of(text, prefix):
@@ -315,43 +223,46 @@ def is_right(pred, solution, prefix):
 
 
 def main():
-    dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant, alpha_scale,
-                   residual_temperature, first_step, residual_steps)
+    dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant,
+                   alpha_scale, residual_temperature, first_step, residual_steps)
     check_decoding(dec, reference_ckpt)
     if num_samples < 1 or max_new_tokens < 0:
-        common.fail(f'need num_samples >= 1 and max_new_tokens >= 0 (got {num_samples}, {max_new_tokens})')
+        common.fail(f'need num_samples >= 1 and max_new_tokens >= 0 '
+                    f'(got {num_samples}, {max_new_tokens})')
     torch.manual_seed(seed)
     dev, autocast = common.setup_device(device, dtype)
-    model, meta, tok, reference, _ = load_models(ckpt, reference_ckpt, dev)
+    model, meta, tok, reference, _ = engine.load_models(ckpt, reference_ckpt, dev)
     rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
     if use_rcd:
         rule += f', RCD alpha={alpha_mode}, first step {first_step}'
         rule += f', residuals in the first {residual_steps} steps' if residual_steps else ''
     if tokens_per_step > model.cfg.block_size and threshold == 0:
-        print(f'note: tokens_per_step={tokens_per_step} is more than a block ({model.cfg.block_size} tokens): '
-              f'each step commits the whole block')
+        print(f'note: tokens_per_step={tokens_per_step} is more than a block '
+              f'({model.cfg.block_size} tokens): each step commits the whole block')
     generator = torch.Generator(dev).manual_seed(seed)
     examples = [(prompt.replace('\\n', '\n'), None)] * num_samples
-    if not prompt and 'answer_prefix' in meta:  # a dataset with answers: the first few test problems
+    if not prompt and 'answer_prefix' in meta:  # a dataset with answers: its first test problems
         with open(os.path.join(common.dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
             examples = pickle.load(f)[:num_samples]
     n_right = 0
     for text, solution in examples:
         ids = torch.tensor([tok.encode(text)], dtype=torch.long, device=dev)
         if ids.shape[1] >= model.cfg.seq_len:
-            common.fail(f'the prompt has {ids.shape[1]} tokens: the context (seq_len={model.cfg.seq_len}) '
-                        f'leaves no room to generate')
+            common.fail(f'the prompt has {ids.shape[1]} tokens: the context '
+                        f'(seq_len={model.cfg.seq_len}) leaves no room to generate')
         budget = max_new_tokens or model.cfg.seq_len - ids.shape[1]
         try:
             with autocast:
-                out, n_pass = generate(model, ids, budget, dec, meta['eos_id'], reference, generator, use_cache)
+                out, n_pass = generate(model, ids, budget, dec, meta['eos_id'], reference,
+                                       generator, use_cache)
         except ValueError as e:  # a prompt and budget beyond the context
             common.fail(str(e))
         sample = tok.decode(out[0, ids.shape[1]:].tolist())
         print(f'--- {rule}, {int(n_pass)} forward passes\n{text}{sample}')
         if solution is not None:
             answer = answer_of(solution, meta['answer_prefix'])
-            right = is_right(answer_of(sample, meta['answer_prefix']), solution, meta['answer_prefix'])
+            prefix = meta['answer_prefix']
+            right = is_right(answer_of(sample, prefix), solution, prefix)
             print(f"reference answer: {answer}  ({'right' if right else 'wrong'})")
             n_right += right
     if examples[0][1] is not None:
@@ -360,5 +271,6 @@ def main():
 
 if __name__ == '__main__':
     configure(globals(), [k for k, v in globals().items()
-                          if not k.startswith('_') and type(v) in (int, float, bool, str)], sys.argv[1:])
+                          if not k.startswith('_') and type(v) in (int, float, bool, str)],
+              sys.argv[1:])
     main()

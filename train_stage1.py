@@ -1,10 +1,12 @@
-""" Stage 1: train the ordinary block-diffusion model. Its checkpoint is stage 2's frozen reference
-model.
+"""
+Stage 1: train the ordinary block-diffusion model. Its checkpoint is stage 2's starting point (and
+the frozen reference of the paper's recipe). The defaults are the README's result: 9x9 Sudoku on one
+GPU, the 81-digit answer one diffusion block.
 
-    python train_stage1.py                                # the 4x4 Sudoku quick start: minutes on a
-    CPU python train_stage1.py config/sudoku_gpu.py           # 9x9 Sudoku on one GPU python
-    train_stage1.py config/shakespeare_char.py --max_iters=2000 python train_stage1.py
-    --init_from=resume             # continue out_dir/ckpt.pt exactly
+    python train_stage1.py                                  # 9x9 Sudoku, one GPU (minutes)
+    python train_stage1.py config/quick_cpu.py              # 4x4 Sudoku: minutes on a CPU
+    python train_stage1.py config/reasoning_gpu.py          # the arithmetic task
+    python train_stage1.py --init_from=resume               # continue out_dir/ckpt.pt exactly
 
 Reads top to bottom: config, device, data, model and optimizer, then the training loop.
 """
@@ -24,14 +26,14 @@ from model import add_noise, loss_weights
 # config: override with config/*.py files and --key=value flags
 out_dir = 'out/stage1'
 init_from = 'scratch'        # 'scratch', or 'resume' from out_dir/ckpt.pt
-dataset = 'reasoning'        # data/<dataset>/ (prepared on first use), or a prepared directory
+dataset = 'sudoku'           # data/<dataset>/ (prepared on first use), or a prepared directory
 # model
 n_layer = 6
 n_head = 6
 n_embd = 384
 dropout = 0.0
-seq_len = 96                 # L, the context; for row datasets it must equal the rows' length
-block_size = 8               # B, the diffusion block; must divide seq_len
+seq_len = 192                # L, the context; for row datasets it must equal the rows' length
+block_size = 96              # B, the diffusion block; must divide seq_len
 # noise and loss
 mask_rate_min = 0.0          # a block's masking rate t: uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
@@ -39,11 +41,11 @@ loss_weighting = 'elbo'      # 'elbo' (1/t-weighted, per token) or 'mean' (over 
 # optimization
 batch_size = 256
 grad_accum_steps = 1
-max_iters = 4000
+max_iters = 2500
 learning_rate = 1e-3
 min_lr = 1e-4
 warmup_iters = 100
-lr_decay_iters = 4000
+lr_decay_iters = 2500
 weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.95

@@ -1,15 +1,17 @@
 """
 Stage 2: convert a stage-1 model into an RCD model.
 
-The *reference* model (a stage-1 checkpoint, frozen: eval mode, no gradients, may be smaller than
-the target) plays the part of "the previous denoising step": for each batch it reads the noised x_t
-and predicts every masked position. Those predictions become residual inputs (rcd.py), and the
-*target* model (initialised from a stage-1 checkpoint) learns to denoise x_t with them, with stage
-1's masked-diffusion loss. The reference is frozen, so no gradient flows through a chain of
-denoising steps. With rollout_steps > 0 the states and residuals come instead from a short no-grad
-rollout of the target itself under the threshold commit rule, as decoding makes them (rcd.rollout).
+The target model (initialised from a stage-1 checkpoint) learns to denoise with residual inputs
+(rcd.py), with stage 1's masked-diffusion loss. Its residual rows come from one of two places:
+- the paper (rollout_steps=0): the frozen *reference* model (a stage-1 checkpoint, eval mode, no
+  gradients, may be smaller than the target) reads the same noised x_t and predicts every masked
+  position, playing the part of "the previous denoising step";
+- the README's result (rollout_steps > 0, the default): a short no-grad rollout of the target
+  itself under the threshold commit rule gives both the state and its residual, as decoding
+  makes them (rcd.rollout).
+Either way no gradient flows through a chain of denoising steps.
 
-    python train_stage2.py                              # from out/stage1/ckpt.pt (reference = init)
+    python train_stage2.py                              # after python train_stage1.py
     python train_stage2.py config/quick_cpu_stage2.py   # after the CPU quick start
     python train_stage2.py --init_from=resume           # continue out_dir/ckpt.pt exactly
 
@@ -32,24 +34,21 @@ from model import add_noise, loss_weights
 # and --key=value
 out_dir = 'out/stage2'
 init_from = 'out/stage1/ckpt.pt'       # a stage-1 checkpoint to start the target from, or 'resume'
-reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model that produces the residuals, or
-                                       # 'self': the target's own predictions (no gradient)
-dataset = 'reasoning'
-# residuals
-alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant', 'none' (no residual)
+reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model of the paper's recipe (read only
+                                       # with rollout_steps=0)
+dataset = 'sudoku'
+# residuals; the defaults are the README's RCD arm (rcd_onpolicy)
+alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant' (its Fig. 5), 'none'
 alpha_constant = 0.5         # α for alpha_mode='constant'
-alpha_scale = 1.0            # α is multiplied by this (capped at 1): < 1 is a lighter residual
-residual_fraction = 0.5      # share of rows trained with residuals; the others see plain [MASK],
-                             # as a block's first step does (the paper: 1.0; worse here, see README)
-reference_extra_mask = 0.0   # step-aligned reference: it reads x_t with each visible token also
-                             # masked with this probability (0 = the paper: the same x_t)
-rollout_steps = 0            # > 0: residual rows take state and residual from 0..rollout_steps
-                             # no-grad threshold-decoding steps of the target (docs/method.md); with
-                             # alpha_mode='none' the states only: the control without residuals
-rollout_noised = 0.0         # share of rollout rows that start at add_noise's x_t (any masking
-                             # rate, 1+ steps) instead of all [MASK]: late states get residuals too
-rollout_plain = 0.0          # share of rollout rows that read no residual, as the control's rows do:
-                             # the model also learns decoding's own states without one
+alpha_scale = 0.25           # α is multiplied by this (capped at 1): a lighter residual (README)
+residual_fraction = 1.0      # share of rows trained with residuals; the others see plain [MASK],
+                             # as a block's first step does (the paper: 1.0)
+rollout_steps = 4            # > 0: residual rows take state and residual from 0..rollout_steps
+                             # no-grad threshold-decoding steps of the target (README); with
+                             # alpha_mode='none' the states only: the control without residuals;
+                             # 0: the paper's frozen reference on the same x_t
+rollout_plain = 0.5          # share of rollout rows that read no residual, as the control's rows
+                             # do: the model also learns decoding's states without one (README)
 # noise and loss (as stage 1)
 mask_rate_min = 0.0          # a block's masking rate t: uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
@@ -86,14 +85,14 @@ config = {k: globals()[k] for k in config_keys}
 common.check_train_config(config)
 if alpha_mode not in rcd.ALPHA_MODES:
     common.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(rcd.ALPHA_MODES)}")
-if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= reference_extra_mask < 1.0):
-    common.fail('need 0 <= residual_fraction <= 1 and 0 <= reference_extra_mask < 1')
-if rollout_steps < 0 or alpha_scale < 0:
-    common.fail(f'need rollout_steps, alpha_scale >= 0 (got {rollout_steps}, {alpha_scale})')
-if not (0.0 <= rollout_noised <= 1.0 and 0.0 <= rollout_plain <= 1.0):
-    common.fail(f'need 0 <= rollout_noised, rollout_plain <= 1 (got {rollout_noised}, {rollout_plain})')
-if (rollout_noised or rollout_plain) and rollout_steps == 0:
-    common.fail('rollout_noised and rollout_plain shape the rollout: use them with --rollout_steps > 0')
+if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= rollout_plain <= 1.0):
+    common.fail(f'need 0 <= residual_fraction, rollout_plain <= 1 '
+                f'(got {residual_fraction}, {rollout_plain})')
+if not (rollout_steps >= 0 and 0 <= alpha_scale < float('inf') and 0 <= alpha_constant <= 1):
+    common.fail(f'need rollout_steps >= 0, a finite alpha_scale >= 0, 0 <= alpha_constant <= 1 '
+                f'(got {rollout_steps}, {alpha_scale}, {alpha_constant})')
+if rollout_plain and rollout_steps == 0:
+    common.fail('rollout_plain shapes the rollout: with --rollout_steps=0 set --rollout_plain=0')
 torch.manual_seed(seed)
 device, autocast = common.setup_device(device, dtype)
 rank, n_proc = common.world()
@@ -102,21 +101,23 @@ meta = common.load_dataset(dataset)
 
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'resume':
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, stage=2)
     print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
 else:
     if os.path.isfile(ckpt_path) and not eval_only:
         common.fail(f'{ckpt_path} exists and this run would replace it: continue it with '
                     f'--init_from=resume, or train into a fresh --out_dir')
-    stage1 = load_checkpoint(init_from)
+    stage1 = load_checkpoint(init_from, stage=1)
     ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # a fresh optimizer
 if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
     common.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
 model = build_model(ckpt['model_args'], ckpt['model']).to(device)
-if reference_ckpt == 'self' or rollout_steps > 0:
-    reference = model
-else:
-    ref_ckpt = load_checkpoint(reference_ckpt)
+mask_id, block_size = model.cfg.mask_id, model.cfg.block_size
+if rollout_steps > block_size:
+    common.fail(f'rollout_steps={rollout_steps}: a block of {block_size} tokens is decoded in at '
+                f'most {block_size} steps')
+if rollout_steps == 0:
+    ref_ckpt = load_checkpoint(reference_ckpt, stage=1)
     check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
                      keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
     reference = build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval()
@@ -132,17 +133,9 @@ compiled = torch.compile(model) if on_cuda else model
 forward = compiled
 if n_proc > 1:
     forward = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
-reference_forward = compiled  # reference 'self', or the rollout: the target itself
-if reference is not model:
+if rollout_steps == 0:
     reference_forward = torch.compile(reference) if on_cuda else reference
-logits_residual = torch.compile(rcd.logits_residual) if on_cuda else rcd.logits_residual
-mask_id, block_size = model.cfg.mask_id, model.cfg.block_size
-
-
-def residual_of(logits, remasked):
-    """The residual the target reads at the `remasked` positions, built with its own embedding."""
-    return logits_residual(logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant,
-                           alpha_scale)
+residual = torch.compile(rcd.residual) if on_cuda else rcd.residual  # fuses its (b, L, V) passes
 
 
 def batch_loss(forward, split, batch_seed):
@@ -152,23 +145,21 @@ def batch_loss(forward, split, batch_seed):
     x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max,
                                gen)
     n = round(residual_fraction * len(x0)) if alpha_mode != 'none' or rollout_steps > 0 else 0
-    if n == 0:  # no residual rows: no reference pass
+    if n == 0:  # no residual rows: stage 1's loss
         return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
-    if rollout_steps > 0:  # decoding's own states and residuals, recurrence included
-        start, steps, threshold, reads = rcd.rollout_rows(x0[:n], x_t[:n], prompt_mask[:n], mask_id,
-                                                          rollout_steps, rollout_noised, rollout_plain, gen)
-        state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, residual_of,
-                            reads)
+    if rollout_steps > 0:  # the README's result: decoding's own states and residuals
+        start, steps, threshold, reads = rcd.rollout_rows(x0[:n], prompt_mask[:n], mask_id,
+                                                          rollout_steps, rollout_plain, gen)
+        state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, reads,
+                            alpha_mode, alpha_constant, alpha_scale)
         x_t[:n], masked[:n], t[:n], logits, remasked = state
-    else:  # the reference reads the same x_t (or a step-aligned one), predicts its masked positions
-        x_ref = x_t[:n]
-        if reference_extra_mask > 0:
-            visible = ~masked[:n] & ~prompt_mask[:n]
-            x_ref = rcd.step_aligned(x_ref, visible, mask_id, reference_extra_mask, gen)
+    else:  # the paper: the frozen reference reads the same x_t and predicts its masked positions
         with torch.no_grad():  # no backpropagation through denoising steps
-            logits = reference_forward(x_ref, x0[:n])
+            logits = reference_forward(x_t[:n], x0[:n])
         remasked = masked[:n]
-    delta = residual_of(logits, remasked)  # the gradient reaches E through the soft tokens p·E
+    # the gradient reaches E through Δ = p E
+    delta = residual(logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant,
+                     alpha_scale)
     delta = torch.cat((delta, delta.new_zeros(len(x0) - n, *delta.shape[1:])))
     weights = loss_weights(masked, t, prompt_mask, loss_weighting)
     return forward(x_t, x0, delta, loss_weights=weights)

@@ -1,4 +1,4 @@
-# One GPU, the embedded reasoning dataset (minutes on an H100). The same as the defaults, written out to copy from.
+# One GPU, the embedded arithmetic dataset (data/reasoning; minutes on an H100).
 out_dir = 'out/stage1'
 dataset = 'reasoning'
 seq_len = 96

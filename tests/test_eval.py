@@ -1,5 +1,5 @@
-"""The decoding sweep (eval.py), its records and confidence intervals, the recipe's extra stage-2 option, and the
-benchmark's CPU smoke run."""
+"""The decoding sweep (eval.py), its records and confidence intervals, its report, and the benchmark's
+CPU smoke run."""
 import json
 import math
 import os
@@ -90,14 +90,6 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
 def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message, monkeypatch, capsys):
     code, out = run_in_process(['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', *args], monkeypatch, capsys)
     assert code != 0 and message in out
-
-
-def test_stage2_with_the_targets_own_residuals(tiny_reasoning, tiny_ckpt, tmp_path):
-    r = run_script('train_stage2.py', '--device=cpu', '--batch_size=16', '--eval_iters=2', '--log_interval=1',
-                   '--warmup_iters=1', f'--dataset={tiny_reasoning}', f'--init_from={tiny_ckpt}',
-                   '--reference_ckpt=self', f'--out_dir={tmp_path}', '--max_iters=2', '--eval_interval=2')
-    assert r.returncode == 0, r.stderr
-    assert os.path.isfile(tmp_path / 'ckpt.pt')
 
 
 def test_bench_smoke_runs_on_cpu(tmp_path):

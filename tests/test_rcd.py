@@ -29,20 +29,20 @@ def test_residual_math_by_hand():
     p = rcd.residual_probs(logits, MASK)
     assert torch.allclose(p[0, 0], torch.tensor([0.5, 0.25, 0.25, 0.0]))
     assert torch.equal(logits, before)  # the caller's logits (the sampler reuses them) are left alone
-    r = rcd.soft_tokens(p, E)  # 0.5·[1,0] + 0.25·[0,1] + 0.25·[1,1] = [0.75, 0.5]; uniform: [2/3, 2/3]
-    assert torch.allclose(r, torch.tensor([[[0.75, 0.5], [2 / 3, 2 / 3]]]))
     h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # = 1.5 log 2
     alpha = rcd.residual_weight(p, 'entropy')
     assert torch.allclose(alpha, torch.tensor([[h / math.log(3), 1.0]]))
     assert torch.allclose(rcd.residual_weight(p, 'confidence'), torch.tensor([[0.5, 1 / 3]]))
     assert torch.allclose(rcd.residual_weight(p, 'constant', 0.3), torch.tensor([[0.3, 0.3]]))
     assert torch.equal(rcd.residual_weight(p, 'none'), torch.zeros(1, 2))
-    a = h / math.log(3)  # e = (1 - α)·E[MASK] + α·r
+    # Δ = p E = 0.5·[1,0] + 0.25·[0,1] + 0.25·[1,1] = [0.75, 0.5]; e = (1 - α)·E[MASK] + α·Δ
+    a = h / math.log(3)
     e0 = (1 - a) * torch.tensor([-1.0, -1.0]) + a * torch.tensor([0.75, 0.5])
-    assert torch.allclose(rcd.residual_inputs(p, E, MASK, alpha)[0, 0], e0)
-    delta = rcd.residual_delta(p, E, MASK, torch.tensor([[True, False]]), alpha)
-    assert torch.allclose(delta[0, 0], e0 - E[MASK]) and torch.equal(delta[0, 1], torch.zeros(2))  # only remasked
-    assert torch.allclose(rcd.logits_residual(logits, E, MASK, torch.tensor([[True, False]]), 'entropy'), delta)
+    delta = rcd.residual(logits, E, MASK, torch.tensor([[True, False]]), 'entropy')
+    assert torch.allclose(delta[0, 0], e0 - E[MASK]) and torch.equal(delta[0, 1], torch.zeros(2))
+    # the second position is remasked too: uniform p, α = 1, so e = Δ = [2/3, 2/3]
+    both = rcd.residual(logits, E, MASK, torch.tensor([[True, True]]), 'entropy')
+    assert torch.allclose(both[0, 1], torch.tensor([2 / 3, 2 / 3]) - E[MASK])
     with pytest.raises(ValueError, match="alpha_mode='l2'"):
         rcd.residual_weight(p, 'l2')
 
@@ -54,22 +54,11 @@ def test_residual_temperature_moves_alpha_not_the_soft_token():
     cold = torch.softmax(torch.tensor([4.0, 2.0, 0.0]), 0)  # T_res = 0.5
     alpha = float(-(cold * cold.log()).sum() / math.log(3))
     want = alpha * (p @ E[:3] - E[MASK])
-    got = rcd.logits_residual(logits, E, MASK, torch.tensor([[True]]), 'entropy', temperature=0.5)
+    got = rcd.residual(logits, E, MASK, torch.tensor([[True]]), 'entropy', temperature=0.5)
     assert torch.allclose(got[0, 0], want)
-    warm = rcd.logits_residual(logits, E, MASK, torch.tensor([[True]]), 'entropy', temperature=2.0)
+    warm = rcd.residual(logits, E, MASK, torch.tensor([[True]]), 'entropy', temperature=2.0)
     assert warm.norm() > got.norm()  # a higher T_res: more entropy, more residual, the same direction
     assert torch.allclose(warm[0, 0] / warm.norm(), got[0, 0] / got.norm())
-
-
-def test_step_aligned_reference_masks_only_visible_tokens():
-    x_t = torch.tensor([[0, 1, MASK, 2, 0, 1, 2, MASK]] * 2000)
-    visible = torch.tensor([[False, True, False, True, True, True, True, False]] * 2000)  # position 0: the prompt
-    out = rcd.step_aligned(x_t, visible, MASK, 0.25, torch.Generator().manual_seed(0))
-    assert torch.equal(out[:, ~visible[0]], x_t[:, ~visible[0]])  # prompt and masked positions unchanged
-    changed = out != x_t
-    assert torch.equal(out[changed], torch.full_like(out[changed], MASK))
-    assert abs(changed[:, visible[0]].float().mean().item() - 0.25) < 0.02  # each visible one with probability 0.25
-    assert torch.equal(rcd.step_aligned(x_t, visible, MASK, 0.0), x_t)
 
 
 def test_dirichlet_first_step_is_uniform_over_the_simplex():
@@ -150,14 +139,14 @@ def test_first_step_seeds_the_residual_as_named(first_step):
     elif first_step == 'self':  # the model's extra pass without residual, then the first step reads its residual
         assert len(firsts) == 6
         for k in firsts[::2]:
-            want = rcd.logits_residual(steps[k][2], model.wte.weight, 10, torch.ones(2, 4, dtype=torch.bool),
+            want = rcd.residual(steps[k][2], model.wte.weight, 10, torch.ones(2, 4, dtype=torch.bool),
                                        'entropy')
             assert steps[k][1] is None and torch.allclose(steps[k + 1][1], want)
     elif first_step == 'reference':  # the reference's pass (its own weights) gives the first step's residual
         ref_steps = [z for x, _, z in ref_calls if (x == 10).all()]
         assert len(firsts) == 3 and len(ref_steps) == 3
         for k, z in zip(firsts, ref_steps):
-            want = rcd.logits_residual(z, model.wte.weight, 10, torch.ones(2, 4, dtype=torch.bool), 'entropy')
+            want = rcd.residual(z, model.wte.weight, 10, torch.ones(2, 4, dtype=torch.bool), 'entropy')
             assert torch.allclose(steps[k][1], want)
     else:
         assert len(firsts) == 3 and all((steps[k][1].abs().sum(-1) > 0).all() for k in firsts)
@@ -191,7 +180,8 @@ def stage1_ckpts(tiny_reasoning, tmp_path_factory):
 def stage2_args(tiny_reasoning, target, reference, out_dir):
     return ['train_stage2.py', *[a for a in TINY if not a.startswith(('--n_', '--device'))], '--device=cpu',
             f'--dataset={tiny_reasoning}', f'--init_from={target}', f'--reference_ckpt={reference}',
-            f'--out_dir={out_dir}', '--eval_interval=2', '--always_save_checkpoint=True']
+            f'--out_dir={out_dir}', '--eval_interval=2', '--always_save_checkpoint=True',
+            '--rollout_steps=0', '--rollout_plain=0', '--alpha_scale=1', '--residual_fraction=0.5']
 
 
 def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stage1_ckpts, tmp_path):
@@ -238,20 +228,13 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     x0, prompt_mask, _ = g['batches'].get('train', 0)
     g['batch_loss'](target_spy, 'train', 0)
     masked = seen['x_t'] == model.cfg.mask_id
-    want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
+    want = rcd.residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
     assert masked.any() and torch.allclose(seen['delta'], want) and torch.equal(seen['ref_x_t'], seen['x_t'])
-    g['batch_loss'].__globals__['reference_extra_mask'] = 0.5  # step-aligned: x_t with more of it masked
-    g['batch_loss'](target_spy, 'train', 0)
-    ref_masked = seen['ref_x_t'] == model.cfg.mask_id
-    masked = seen['x_t'] == model.cfg.mask_id
-    assert (ref_masked >= masked).all() and ref_masked.sum() > masked.sum() and not (ref_masked & prompt_mask).any()
-    want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
-    assert torch.allclose(seen['delta'], want)  # residuals still only where the target reads [MASK]
-    g['batch_loss'].__globals__.update(reference_extra_mask=0.0, residual_fraction=0.5)  # half the rows: only
-    g['batch_loss'](target_spy, 'train', 0)                                               # they see the reference
+    g['batch_loss'].__globals__.update(residual_fraction=0.5)  # half the rows: only they see the
+    g['batch_loss'](target_spy, 'train', 0)                     # reference
     half = x0.shape[0] // 2
     masked = seen['x_t'] == model.cfg.mask_id
-    want = rcd.logits_residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked[:half], 'entropy')
+    want = rcd.residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked[:half], 'entropy')
     assert seen['ref_x_t'].shape[0] == half and torch.equal(seen['ref_x_t'], seen['x_t'][:half])
     assert torch.allclose(seen['delta'][:half], want) and not seen['delta'][half:].any()
     calls, real_rollout = [], rcd.rollout  # the rollout: where it starts and how many steps each row takes
@@ -260,16 +243,14 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
         calls.append(args[2:5])  # start, prompt_mask, n_steps
         return real_rollout(*args)
     monkeypatch.setattr(rcd, 'rollout', rollout_spy)
-    for noised in (0.0, 1.0):
-        g['batch_loss'].__globals__.update(rollout_steps=1, rollout_noised=noised)
-        g['batch_loss'](target_spy, 'train', 0)
-    visible = [(start != model.cfg.mask_id) & ~prompt for start, prompt, _ in calls]
-    assert not visible[0].any() and visible[1].any()  # all [MASK], then the noised x_t
-    assert calls[0][2].max() <= 1 and (calls[1][2] == 1).all()  # a noised start takes at least one step
-    g['batch_loss'].__globals__.update(alpha_mode='none', rollout_noised=0.0)  # the control: rollout states,
-    g['batch_loss'](target_spy, 'train', 0)                                    # no residual
-    assert len(calls) == 3 and calls[2][0].shape[0] == half and not seen['delta'].any()
-    assert (seen['x_t'][:half] != model.cfg.mask_id).sum() > (calls[2][0] != model.cfg.mask_id).sum()  # it moved
+    g['batch_loss'].__globals__.update(rollout_steps=1)
+    g['batch_loss'](target_spy, 'train', 0)
+    start, prompt, n_steps = calls[0]
+    assert not ((start != model.cfg.mask_id) & ~prompt).any() and n_steps.max() == 1  # all [MASK]
+    g['batch_loss'].__globals__.update(alpha_mode='none')  # the control: rollout states, no residual
+    g['batch_loss'](target_spy, 'train', 0)
+    assert len(calls) == 2 and calls[1][0].shape[0] == half and not seen['delta'].any()
+    assert (seen['x_t'][:half] != model.cfg.mask_id).sum() > (calls[1][0] != model.cfg.mask_id).sum()
     g['batch_loss'].__globals__.update(alpha_mode='entropy', rollout_plain=0.5)  # every other rollout row: no
     g['batch_loss'](target_spy, 'train', 0)                                      # residual, as the control's
     reads = seen['delta'][:half].abs().sum((1, 2)) > 0
@@ -330,9 +311,9 @@ def test_alpha_scale_by_hand():
     emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
     logits = torch.zeros(1, 1, 3)  # p = (1/2, 1/2): the soft token is (1/2, 1/2) and α = log 2 / log 2 = 1
     remasked = torch.ones(1, 1, dtype=torch.bool)
-    light = rcd.logits_residual(logits, emb, 2, remasked, 'entropy', scale=0.25)
+    light = rcd.residual(logits, emb, 2, remasked, 'entropy', scale=0.25)
     assert torch.allclose(light, torch.tensor([[[-1.125, -1.125]]]))  # 0.25 · ((1/2, 1/2) − (5, 5))
-    capped = rcd.logits_residual(logits, emb, 2, remasked, 'entropy', scale=4.0)
+    capped = rcd.residual(logits, emb, 2, remasked, 'entropy', scale=4.0)
     assert torch.allclose(capped, torch.tensor([[[-4.5, -4.5]]]))  # α is capped at 1
 
 
@@ -348,6 +329,10 @@ class FixedModel:
             probs[i, :vocab - 1] = (1 - c) / (vocab - 2)
             probs[i, 3] = c  # the true tokens below are 0, 1 or 2: token 3 is always wrong
         self.logits, self.deltas = probs.clamp_min(1e-9).log(), []
+        # E[v] = (1, 1), E[MASK] = 0: at α = 1 a position's residual is (1, 1) exactly where it reads one
+        self.wte = torch.nn.Embedding(vocab, 2)
+        self.wte.weight.data = torch.ones(vocab, 2)
+        self.wte.weight.data[-1] = 0.0
 
     def __call__(self, x_t, x0, delta):
         self.deltas.append(delta.clone())
@@ -357,14 +342,11 @@ class FixedModel:
 def test_rollout_commits_like_threshold_decoding_by_hand():
     model = FixedModel([0.95, 0.5, 0.92, 0.3, 0.6, 0.7, 0.99, 0.2])
     x0 = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1], [2, 2, 2, 2, 1, 1, 1, 1]])
-    calls = []
-
-    def residual(logits, remasked):
-        calls.append(remasked.clone())
-        return remasked[..., None].float().expand(-1, -1, 2)
+    reads = torch.ones(2, dtype=torch.bool)
     start = torch.full_like(x0, 4)  # every block all [MASK]
     x_t, masked, t, logits, remasked = rcd.rollout(model, x0, start, torch.zeros_like(x0, dtype=torch.bool),
-                                                   torch.tensor([2, 0]), torch.tensor([0.9, 0.9]), residual)
+                                                   torch.tensor([2, 0]), torch.tensor([0.9, 0.9]), reads,
+                                                   'constant', 1.0)
     # row 0, step 1: 0.95, 0.92 and 0.99 reach 0.9 (positions 0, 2, 6); step 2: nothing left reaches it, so each
     # block commits its most confident (positions 1 and 5). Committed positions take the true token, not token 3.
     M = 4
@@ -375,27 +357,26 @@ def test_rollout_commits_like_threshold_decoding_by_hand():
     assert remasked[0].tolist() == masked[0].tolist() and not remasked[1].any()
     assert torch.equal(logits[0], model.logits) and not logits[1].any()
     # step 1 read no residual; step 2 read the residual of step 1's remasked positions
-    assert not calls[0].any() and not model.deltas[0].any()
-    assert calls[1][0].tolist() == [False, True, False, True, True, True, False, True]
-    assert model.deltas[1][0, :, 0].tolist() == calls[1][0].float().tolist()  # and the model read it
+    assert not model.deltas[0].any()
+    assert (model.deltas[1][0, :, 0] > 0.5).tolist() == [False, True, False, True, True, True, False, True]
     # step s runs only the rows with more than s steps: row 1 (no steps) never reaches the model
     assert [len(d) for d in model.deltas] == [1, 1]
     # the rows come back in the caller's order, whatever the order of their step counts
     flipped = rcd.rollout(model, x0.flip(0), start, torch.zeros_like(x0, dtype=torch.bool), torch.tensor([0, 2]),
-                          torch.tensor([0.9, 0.9]), residual)
+                          torch.tensor([0.9, 0.9]), reads, 'constant', 1.0)
     assert all(torch.equal(a.flip(0), b) for a, b in zip((x_t, masked, t, logits, remasked), flipped))
     # a row that reads no residual (the control's rows): the same commits, no residual at any step
-    calls.clear()
+    model.deltas.clear()
     plain = rcd.rollout(model, x0, start, torch.zeros_like(x0, dtype=torch.bool), torch.tensor([2, 2]),
-                        torch.tensor([0.9, 0.9]), residual, torch.tensor([True, False]))
+                        torch.tensor([0.9, 0.9]), torch.tensor([True, False]), 'constant', 1.0)
     assert torch.equal(plain[1][0], masked[0]) and torch.equal(plain[1][1], masked[0])
-    assert calls[1][0].tolist() == [False, True, False, True, True, True, False, True]  # row 0 as before
-    assert not calls[1][1].any() and not plain[4][1].any() and torch.equal(plain[4][0], remasked[0])
+    row0 = (model.deltas[1][0, :, 0] > 0.5).tolist()  # row 0 as before
+    assert row0 == [False, True, False, True, True, True, False, True]
+    assert not model.deltas[1][1].any() and not plain[4][1].any() and torch.equal(plain[4][0], remasked[0])
 
 
 def test_stratified_steps_are_equal_groups():
     assert rcd.stratified_steps(10, 4).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert rcd.stratified_steps(8, 4, low=1).tolist() == [1, 1, 2, 2, 3, 3, 4, 4]
     assert rcd.stratified_steps(0, 4).tolist() == []
 
 
@@ -408,7 +389,7 @@ def test_rollout_from_a_noised_state_by_hand():
     prompt = torch.zeros_like(x0, dtype=torch.bool)
     prompt[0, 3] = True
     x_t, masked, t, _, remasked = rcd.rollout(model, x0, start, prompt, torch.tensor([1]), torch.tensor([0.9]),
-                                              lambda logits, remasked: remasked[..., None].float().expand(-1, -1, 2))
+                                              torch.ones(1, dtype=torch.bool), 'constant', 1.0)
     # one step: position 2 (0.92) reaches 0.9; block 2 has none above 0.9, so its most confident masked one (5)
     assert x_t[0].tolist() == [0, M, 2, 0, M, 2, 0, M]
     assert remasked[0].tolist() == [False, True, False, False, True, False, False, True]

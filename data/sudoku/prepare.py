@@ -170,7 +170,8 @@ def main():
         ap.error('need 1 <= --n_blanks <= 64 and at least one grid and puzzle per split')
 
     py_rng, rng = random.Random(args.seed), np.random.default_rng(args.seed)
-    meta = char_meta(CHARS, row_len=2 * BLOCK, prompt_sep_id=CHARS.index('\n'), answer_prefix='', task='sudoku')
+    meta = char_meta(CHARS, row_len=2 * BLOCK, prompt_sep_id=CHARS.index('\n'), answer_prefix='', task='sudoku',
+                     data_seed=args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
     for split, n in (('test', args.n_test), ('val', args.n_val), ('train', args.n_train)):
         if split == 'train':

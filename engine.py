@@ -1,0 +1,117 @@
+"""
+The inference machinery under sample.generate, which a reader of the method may skip: each
+model's forward pass over one block (against its KV cache, as a replayed CUDA graph on CUDA, or by
+re-running the whole prefix), the step's compiled helpers, and loading the models to sample from.
+"""
+import functools
+
+import torch
+
+from checkpoint import build_model, check_compatible, load_checkpoint
+from data.tokenizer import Tokenizer
+from model import KVCache
+from rcd import residual, residual_probs
+
+
+def runners(model, reference, x, prefill, use_cache, cuda_graph):
+    """(target, reference or None): a BlockRunner per model over the sequence x, the first
+    `prefill` tokens (the prompt's whole blocks) already in their caches."""
+    out = [BlockRunner(m, x, use_cache, cuda_graph) if m is not None else None
+           for m in (model, reference)]
+    for runner in out:
+        if runner is not None:
+            runner.prefill(prefill)
+    return out
+
+
+class BlockRunner:
+    """One model's forward pass over one block [s, e) of the sequence x: against its KV cache (a
+    replayed CUDA graph on CUDA), or, without a cache, by re-running the whole prefix."""
+
+    def __init__(self, model, x, use_cache, cuda_graph):
+        self.model, self.x = model, x
+        self.cache = KVCache(model.cfg.n_layer, x.shape[1], x.device) if use_cache else None
+        self.use_graph = use_cache and cuda_graph and x.device.type == 'cuda'
+        self.graph = None  # captured on first use
+
+    def prefill(self, n):
+        if self.cache is not None and n > 0:
+            self.model(self.x[:, :n], cache=self.cache)
+            self.cache.advance(n)
+
+    def __call__(self, s, e, delta=None):
+        """Logits of block [s, e), its inputs shifted by delta (b, e - s, d) where given."""
+        if self.cache is None:
+            if delta is not None:
+                delta = torch.cat((delta.new_zeros(len(delta), s, delta.shape[-1]), delta), dim=1)
+            return self.model(self.x[:, :e], delta=delta)[:, s:]
+        if self.use_graph:
+            if self.graph is None:
+                self.graph = step_graph(self.model, self.cache, len(self.x))
+            return self.graph(self.x[:, s:e], delta)
+        return self.model(self.x[:, s:e], cache=self.cache, delta=delta)
+
+    def keep(self, s, e):
+        """Run the finished block once more and keep its keys/values in the cache."""
+        self(s, e)
+        self.cache.advance(e - s)  # keep the block's keys/values
+
+
+def step_functions(device):
+    """(token probabilities, RCD residual) of a step's logits; on CUDA compiled, so that their
+    passes over the (b, B, V) float32 probabilities fuse into a few kernels."""
+    if device.type == 'cuda':
+        return compiled(residual_probs), compiled(residual)
+    return residual_probs, residual
+
+
+@functools.cache
+def compiled(fn):
+    """torch.compile(fn), once per function or model: every generate() call reuses it."""
+    return torch.compile(fn)
+
+
+def step_graph(model, cache, b):
+    """model's forward on one block against `cache`, compiled and captured once as a CUDA graph: a
+    replay launches the whole pass at once, where an eager pass is ~400 kernel launches and the
+    host, not the GPU, bounds the sampler; compiled, its elementwise work is fused (at large batches
+    the GPU bounds it). The cache's position lives on the device, so one graph serves every step of
+    every block. Returns replay(x_block, delta)."""
+    cfg, forward = model.cfg, compiled(model)
+    x = torch.full((b, cfg.block_size), cfg.mask_id, dtype=torch.long, device=cache.start.device)
+    delta = torch.zeros(b, cfg.block_size, cfg.n_embd, device=x.device)  # no residual: zeros
+    # the weight casts become part of the graph: autocast must not cache them across the capture
+    amp = torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'),
+                         enabled=torch.is_autocast_enabled('cuda'), cache_enabled=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), amp:  # warm-up off the main stream, as capture requires
+        for _ in range(2):  # compiles; once more if the first call made the cache's buffers
+            forward(x, cache=cache, delta=delta)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), amp:
+        logits = forward(x, cache=cache, delta=delta)
+
+    def replay(x_block, delta_block):
+        x.copy_(x_block)
+        if delta_block is None:
+            delta.zero_()
+        else:
+            delta.copy_(delta_block)
+        graph.replay()
+        return logits  # overwritten by the next replay
+    return replay
+
+
+def load_models(ckpt, reference_ckpt, dev):
+    """(model, meta, tokenizer, reference or None, training config) from a checkpoint (and a
+    reference one)."""
+    state = load_checkpoint(ckpt)
+    model = build_model(state['model_args'], state['model']).to(dev).eval()
+    reference = None
+    if reference_ckpt:
+        ref_state = load_checkpoint(reference_ckpt)
+        check_compatible(ref_state, state, 'reference_ckpt', 'ckpt')
+        reference = build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
+    return model, state['meta'], Tokenizer(state['meta']), reference, state.get('config', {})
