@@ -35,7 +35,7 @@ def tiny_ckpt(tiny_reasoning, tmp_path_factory):
 
 # a model small enough that a training run takes seconds on a CPU
 TINY = ['--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=16', '--eval_iters=2',
-        '--log_interval=1', '--warmup_iters=2']
+        '--log_interval=1', '--warmup_iters=2', '--seq_len=64', '--block_size=8']
 
 
 @pytest.fixture(scope='session')

@@ -178,7 +178,8 @@ def stage1_ckpts(tiny_reasoning, tmp_path_factory):
 
 
 def stage2_args(tiny_reasoning, target, reference, out_dir):
-    return ['train_stage2.py', *[a for a in TINY if not a.startswith(('--n_', '--device'))], '--device=cpu',
+    model_flags = ('--n_', '--device', '--seq_len', '--block_size')  # stage 2 reads them from its init
+    return ['train_stage2.py', *[a for a in TINY if not a.startswith(model_flags)], '--device=cpu',
             f'--dataset={tiny_reasoning}', f'--init_from={target}', f'--reference_ckpt={reference}',
             f'--out_dir={out_dir}', '--eval_interval=2', '--always_save_checkpoint=True',
             '--rollout_steps=0', '--rollout_plain=0', '--alpha_scale=1', '--residual_fraction=0.5']
