@@ -1,4 +1,5 @@
-""" Checkpoints: one file per run (out_dir/ckpt.pt) holding the weights, the optimizer, the model's
+"""
+Checkpoints: one file per run (out_dir/ckpt.pt) holding the weights, the optimizer, the model's
 arguments, the config and the dataset's meta, with a checksum of every tensor. A save never leaves a
 corrupt or non-finite checkpoint behind; a load verifies the checksum. Used by both training scripts
 and by everything that samples.
@@ -42,11 +43,14 @@ def save_checkpoint(ckpt, path):
     try:
         torch.save(dict(ckpt, checksum=checksum(ckpt)), tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # disk full, no permission: torch reports some as RuntimeError
+    except (OSError, RuntimeError) as e:  # disk full, no permission (torch: RuntimeError)
         if os.path.isfile(tmp):
             os.remove(tmp)
-        kept = f'the previous {path} is intact' if os.path.isfile(path) else f'{path} was not written'
-        fail(f'could not save the checkpoint ({str(e).splitlines()[0][:120]}); {kept}')
+        kept = f'the previous {path} is intact' if os.path.isfile(path) else f'{path} not written'
+        why = str(e).splitlines()[0][:120]
+        if 'enforce fail' in why or 'No space' in why:  # torch's words for a full disk
+            why = 'the disk is full?'
+        fail(f'could not save the checkpoint ({why}); {kept}')
 
 
 def load_checkpoint(path, stage=None):

@@ -1,9 +1,11 @@
-"""nanoGPT-style configuration: a script's config globals, overridden in order by config files and --key=value flags.
+"""
+nanoGPT-style configuration: a script's config globals, overridden in order by config files and
+--key=value flags.
 
     python train_stage1.py config/quick_cpu.py --batch_size=32 --compile=False
 
-A config file is Python that assigns some of those globals. Unknown keys and values of the wrong type are errors that
-say what was expected; nothing is silently ignored.
+A config file is Python that assigns some of those globals. Unknown keys and values of the wrong
+type are errors that say what was expected; nothing is silently ignored.
 """
 import ast
 import difflib
@@ -17,22 +19,37 @@ def _fail(msg):
 def _checked(key, value, defaults, source):
     if key not in defaults:
         near = difflib.get_close_matches(key, defaults, n=3)
-        _fail(f"unknown key '{key}' in {source}" + (f"; did you mean {', '.join(near)}?" if near else '')
-              + f"\n  known keys: {', '.join(sorted(defaults))}")
+        hint = f"; did you mean {', '.join(near)}?" if near else ''
+        _fail(f"unknown key '{key}' in {source}{hint}\n  known keys: {', '.join(sorted(defaults))}")
     want = type(defaults[key])
     if want is float and type(value) is int:
         value = float(value)
     if type(value) is not want:
-        _fail(f"{key}={value!r} in {source} is a {type(value).__name__}; expected a {want.__name__} "
-              f"(default: {defaults[key]!r})")
+        _fail(f"{key}={value!r} in {source} is a {type(value).__name__}; expected a "
+              f"{want.__name__} (default: {defaults[key]!r})")
     return value
 
 
+def _run_file(path):
+    """The globals a config file assigns; an error in it is one line."""
+    namespace = {}
+    try:
+        with open(path) as f:
+            exec(compile(f.read(), path, 'exec'), namespace)
+    except SyntaxError as e:
+        _fail(f'{path}, line {e.lineno}: {e.msg}')
+    except Exception as e:  # a config file that raises
+        _fail(f'{path} failed: {type(e).__name__}: {e}')
+    return namespace
+
+
 def configure(config, keys, argv):
-    """Apply config files and --key=value flags from argv to the dict `config` (a script's globals), for `keys` only."""
+    """Apply config files and --key=value flags from argv to the dict `config` (a script's
+    globals), for `keys` only."""
     defaults = {k: config[k] for k in keys}
     if '--help' in argv or '-h' in argv:  # what the script does, then every key with its default
-        print((config.get('__doc__') or '').strip() + '\n\nconfig keys (--key=value), with their defaults:')
+        print((config.get('__doc__') or '').strip()
+              + '\n\nconfig keys (--key=value), with their defaults:')
         for k in keys:
             print(f'  --{k}={defaults[k]!r}')
         raise SystemExit(0)
@@ -40,10 +57,9 @@ def configure(config, keys, argv):
         if not arg.startswith('--'):
             if not os.path.isfile(arg):
                 _fail(f"config file '{arg}' not found (flags are written --key=value)")
-            namespace = {}
-            exec(compile(open(arg).read(), arg, 'exec'), namespace)
-            for key, value in namespace.items():
-                if not key.startswith('_') and not callable(value) and type(value).__name__ != 'module':
+            for key, value in _run_file(arg).items():
+                if not key.startswith('_') and not callable(value) and \
+                        type(value).__name__ != 'module':
                     config[key] = _checked(key, value, defaults, arg)
         else:
             key, eq, text = arg[2:].partition('=')
@@ -55,6 +71,8 @@ def configure(config, keys, argv):
                 value = text  # a bare word is a string
             if type(defaults.get(key)) is str:
                 value = text  # a string key takes the text as written, even '1' or 'True'
+            if type(defaults.get(key)) is float and text.lower() in ('nan', 'inf', '-inf'):
+                value = float(text)  # a number: the script's range checks say what is wrong
             config[key] = _checked(key, value, defaults, 'command line')
     changed = ' '.join(f'{k}={config[k]!r}' for k in keys if config[k] != defaults[k])
     if os.environ.get('RANK', '0') == '0':  # under torchrun, rank 0 speaks for all

@@ -23,27 +23,29 @@ import os
 import pickle
 import sys
 import time
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
 import common
 from configurator import configure
+from data.datasets import dataset_dir
 from engine import load_models
 from sample import Decoding, answer_of, check_decoding, generate, is_right
 
-# -----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
-label = ''                   # the method's name in records and plot ('' = 'RCD' with use_rcd, else 'baseline')
-use_rcd = False              # RCD sampling (residual context); False = the plain sampler, alpha = 0
+label = ''                   # the row's name in records ('' = 'RCD' with use_rcd, else 'baseline')
+use_rcd = False              # RCD sampling (residual context); False = the plain sampler, α = 0
 alpha_mode = 'entropy'       # with use_rcd: 'entropy', 'confidence', 'constant', 'none'
 alpha_constant = 0.5
-alpha_scales = '1.0'         # with use_rcd, to sweep: α multiplied by these (the value the model was trained
-                             # with; 0 = the residual off: this model decoded by the plain sampler)
-residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α from softmax(logits / T_res))
-first_steps = 'zero'         # with use_rcd, to sweep: 'zero', 'self', 'reference' (needs reference_ckpt), 'dirichlet'
-residual_steps = '0'         # with use_rcd, to sweep: residuals reach only a block's first N steps (0 = every step)
-reference_ckpt = ''
+alpha_scales = '1.0'         # with use_rcd, to sweep: α × these (the trained value; 0 = residual
+                             # off, the `_off` row: this model decoded by the plain sampler)
+residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α of softmax(logits / T_res))
+first_steps = 'zero'         # with use_rcd, to sweep: 'zero', 'self', 'reference', 'dirichlet'
+residual_steps = '0'         # with use_rcd, to sweep: residuals in a block's first N steps (0: all)
+reference_ckpt = ''          # the model of first_steps 'reference'
 split = 'test'               # 'val' to choose settings, 'test' to report
 tokens_per_step_grid = '1,2,4,8'  # static rule settings ('' = none)
 threshold_grid = '0.5,0.7,0.9,0.95,0.97,0.99,0.999,0.9999,0.99999'  # threshold settings ('' = none)
@@ -58,89 +60,41 @@ references = 'baseline,baseline_long,onpolicy'  # rows the others are paired wit
 device = 'auto'
 dtype = 'auto'
 seed = 1337
-# -----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
-def score(model, tok, meta, split, n_problems, batch_size, autocast, desc, dec, reference, generator):
-    """(per-problem correctness list, valid Sudoku grids or None, mean forward passes per answer) on
-    data/<dataset>/<split>.pkl. Problems are batched by prompt length, so every row of a batch shares the same
-    block alignment; the list is in the file's order, the same for every method."""
-    path = os.path.join(common.dataset_dir(meta['dataset']), f'{split}.pkl')
+def score(model, tok, meta, split, n_problems, batch_size, autocast, desc, dec, reference,
+          generator):
+    """(per-problem correctness list, mean forward passes per answer) on <dataset>/<split>.pkl.
+    Problems are batched by prompt length, so every row of a batch shares the same block alignment;
+    the list is in the file's order, the same for every method."""
+    path = os.path.join(dataset_dir(meta['dataset']), f'{split}.pkl')
     if 'answer_prefix' not in meta or not os.path.isfile(path):
-        common.fail(f"dataset '{meta['dataset']}' has no scorable {split} split ({path}); run its prepare.py")
+        common.fail(f"dataset '{meta['dataset']}' has no scorable {split} split ({path}); "
+                    f"run its prepare.py")
     with open(path, 'rb') as f:
         problems = pickle.load(f)[:n_problems or None]
-    grids = meta.get('task') == 'sudoku'  # also count answers that are valid Sudoku grids
-    if grids:
-        from data.sudoku.prepare import is_valid_grid
+    if not problems:
+        common.fail(f'{path} holds no problems')
     by_len = {}
     for i, (q, solution) in enumerate(problems):
         by_len.setdefault(len(tok.encode(q)), []).append(i)
-    right, valid, passes, dev = [False] * len(problems), 0, 0, model.wte.weight.device
+    right, passes, dev = [False] * len(problems), 0, model.wte.weight.device
     bar = tqdm(total=len(problems), desc=desc, dynamic_ncols=True, disable=not sys.stderr.isatty())
     for p_len, group in sorted(by_len.items()):
         for k in range(0, len(group), batch_size):
             chunk = group[k:k + batch_size]
             ids = torch.tensor([tok.encode(problems[i][0]) for i in chunk], device=dev)
             with autocast:
-                out, n_pass = generate(model, ids, meta['row_len'] - p_len, dec, meta['eos_id'], reference,
-                                       generator)
+                out, n_pass = generate(model, ids, meta['row_len'] - p_len, dec, meta['eos_id'],
+                                       reference, generator)
             for i, row in zip(chunk, out[:, p_len:].tolist()):
                 pred = answer_of(tok.decode(row), meta['answer_prefix'])
                 right[i] = is_right(pred, problems[i][1], meta['answer_prefix'])
-                valid += grids and is_valid_grid(pred)
             passes += int(n_pass.sum())
             bar.update(len(chunk))
     bar.close()
-    return right, valid if grids else None, passes / len(problems)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Statistics: intervals of one accuracy, and of the paired difference of two methods on the same items
-
-def wilson_interval(correct, n, z=1.96):
-    """95% interval of a binomial proportion (Wilson score): sound near 0% and 100%, unlike p ± 2·se."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))  # rounding must not cross p
-
-
-def binomial_interval(k, n, level=0.95):
-    """Exact (Clopper-Pearson) interval of a binomial proportion from k successes in n: the p at which seeing >= k
-    (for the lower end), or <= k (for the upper end), has probability (1 - level) / 2. Solved by bisection."""
-    log_choose = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(n + 1)]
-
-    def tail(p, lo, hi):  # P(lo <= X <= hi) for X ~ Binomial(n, p), 0 < p < 1, in log space: no overflow
-        log_p, log_q = math.log(p), math.log1p(-p)
-        return sum(math.exp(log_choose[i] + i * log_p + (n - i) * log_q) for i in range(lo, hi + 1))
-
-    def solve(f):  # the p in (0, 1) where the increasing function f crosses (1 - level) / 2
-        a, b = 0.0, 1.0
-        for _ in range(60):
-            mid = (a + b) / 2
-            a, b = (mid, b) if f(mid) < (1 - level) / 2 else (a, mid)
-        return (a + b) / 2
-    lower = 0.0 if k == 0 else solve(lambda p: tail(p, k, n))
-    upper = 1.0 if k == n else solve(lambda p: -tail(p, 0, k) + (1 - level))  # tail(<= k) falls as p grows
-    return lower, upper
-
-
-def paired_difference(a, b, level=0.95):
-    """Accuracy of a minus accuracy of b on the same items (lists of bools), with an exact McNemar-based interval:
-    given the d items where the two disagree, the number that a gets right is Binomial(d, π), the difference is
-    (d / n)(2π − 1), and π's Clopper-Pearson interval maps onto it. Returns (difference, lower, upper)."""
-    n = len(a)
-    if n == 0 or n != len(b):
-        raise ValueError(f'paired items must match in number ({len(a)} vs {len(b)})')
-    a_only = sum(x and not y for x, y in zip(a, b))
-    d = a_only + sum(y and not x for x, y in zip(a, b))
-    if d == 0:
-        return 0.0, 0.0, 0.0
-    lo, hi = binomial_interval(a_only, d, level)
-    return (2 * a_only - d) / n, d / n * (2 * lo - 1), d / n * (2 * hi - 1)
+    return right, passes / len(problems)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,9 +116,11 @@ def read_records(path, split=None):
             except json.JSONDecodeError:
                 common.fail(f'{path}, line {i}: not a JSON record')
             if row is not None and (not isinstance(row, dict) or not need <= row.keys()):
-                common.fail(f"{path}, line {i}: not an eval.py record (needs {', '.join(sorted(need))})")
+                common.fail(f"{path}, line {i}: not an eval.py record "
+                            f"(needs {', '.join(sorted(need))})")
             if row is not None and split and row['split'] != split:
-                common.fail(f"{path}, line {i}: a {row['split']} record where {split} records belong")
+                common.fail(f"{path}, line {i}: a {row['split']} record where {split} records "
+                            f"belong")
             rows += [row] if row is not None else []
     if not rows:
         common.fail(f'records file {path} holds no records')
@@ -179,7 +135,9 @@ def row_of(r):
 
 def rule_of(r):
     """A record's commit rule: the menu every row is decoded over alike."""
-    return ('static', r['tokens_per_step']) if r['rule'] == 'static' else ('threshold', r['threshold'])
+    if r['rule'] == 'static':
+        return 'static', r['tokens_per_step']
+    return 'threshold', r['threshold']
 
 
 def setting_of(r):
@@ -207,7 +165,7 @@ def menus(rows):
 
 def upper_hull(menu):
     """The upper concave hull of a menu's (mean passes, accuracy) points, left to right up to the
-    most accurate: [(passes, accuracy, rule)]. A point on or under a chord is never worth running."""
+    most accurate: [(passes, accuracy, rule)]. A point on or under a chord is never worth it."""
     hull = []
     for p in sorted(((r['mean_passes'], r['accuracy'], rule) for rule, r in menu.items()),
                     key=lambda p: (p[0], -p[1])):
@@ -233,8 +191,8 @@ def mixture(hull, budget):
 
 
 def frontier_scores(val_menu, test_menu, budgets):
-    """Each test item's score on the frontier chosen on val, averaged over the budgets (a budget that
-    nothing fits scores 0). Their mean is the AUF; two rows' per-item differences pair them."""
+    """Each test item's score on the frontier chosen on val, averaged over the budgets (a budget
+    that nothing fits scores 0). Their mean is the AUF; two rows' per-item differences pair them."""
     total = [0.0] * next(iter(test_menu.values()))['n']
     for budget in budgets:
         for rule, share in mixture(upper_hull(val_menu), budget):
@@ -264,7 +222,8 @@ def frontiers(test_rows, val_rows, budgets):
     grid = {rule for by_knobs in val.values() for menu in by_knobs.values() for rule in menu}
     for (row, seed), by_knobs in test.items():
         if (row, seed) not in val:
-            common.fail(f"row '{row}', seed {seed} has no val records: nothing chooses its settings")
+            common.fail(f"row '{row}', seed {seed} has no val records: nothing chooses its "
+                        f"settings")
         knobs = max(val[row, seed], key=lambda k: mean(frontier_scores(val[row, seed][k],
                                                                       val[row, seed][k], budgets)))
         lacking = grid - set(by_knobs.get(knobs, {})) | grid - set(val[row, seed][knobs])
@@ -310,7 +269,8 @@ def report_text(test_rows, val_rows, budgets, references):
         reach = []
         for target in (0.9, 0.95, 0.99):
             got = [passes_to_reach(*front[row, s], target) for s in seeds[row]]
-            reach.append(f'{mean(got):.1f}' if None not in got else f'never in {got.count(None)} of {len(got)}')
+            never = f'never in {got.count(None)} of {len(got)}'
+            reach.append(f'{mean(got):.1f}' if None not in got else never)
         one = [front[row, s][1].get(('static', 1)) for s in seeds[row]]
         one = f"{100 * mean([r['accuracy'] for r in one]):.1f}" if None not in one else '-'
         text.append(f"| {row} | {len(aufs)} | {100 * mean(aufs):.1f} | "
@@ -319,19 +279,20 @@ def report_text(test_rows, val_rows, budgets, references):
     pairs = [(row, ref) for i, ref in enumerate(refs) for row in rows if row not in refs[:i + 1]]
     pairs += [(row, row + '_off') for row in rows if row + '_off' in rows]
     text += ['', '## Paired differences (same seed, same items): AUF, and accuracy at 1 token/step',
-             '', '| row − reference | AUF, mean over seeds [t interval] | per seed [95% over items] '
-             '| 1 token/step per seed [exact 95%] |', '|---|---|---|---|']
+             '', '| row − reference | AUF, mean over seeds [t interval] | '
+             'per seed [95% over items] | 1 token/step per seed [95% over items] |',
+             '|---|---|---|---|']
     for a, b in pairs:
         both = [s for s in seeds[a] if s in seeds[b]]
         diffs = [[x - y for x, y in zip(scores[a, s], scores[b, s])] for s in both]
-        ones = [(front[a, s][1].get(('static', 1)), front[b, s][1].get(('static', 1))) for s in both]
-        ones = [paired_difference(items(x), items(y)) for x, y in ones if x and y]
+        ones = [(front[a, s][1].get(('static', 1)), front[b, s][1].get(('static', 1)))
+                for s in both]
+        ones = [[x - y for x, y in zip(items(r), items(q))] for r, q in ones if r and q]
         text.append(f"| {a} − {b} | {interval([mean(d) for d in diffs], 'seeds')} | "
                     f"{'; '.join(interval(d, 'items') for d in diffs)} | "
-                    + '; '.join(f'{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]'
-                                for d, lo, hi in ones) + ' |')
+                    f"{'; '.join(interval(d, 'items') for d in ones)} |")
     for ref in refs:
-        text += ['', f"## The paper's claim: passes to reach {ref}'s best {split} accuracy, per seed",
+        text += ['', f"## The paper's claim: passes to reach {ref}'s best {split} accuracy",
                  '', f'| row | seed: passes ({ref} → row) |', '|---|---|']
         for row in rows:
             cells = []
@@ -354,7 +315,8 @@ def draw(test_path, val_path, budgets):
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain JSON lines')
+        common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain '
+                    'JSON lines')
     xs = [budgets[0] + i * (budgets[-1] - budgets[0]) / 100 for i in range(101)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in dict.fromkeys(row for row, _ in front):
@@ -371,7 +333,7 @@ def draw(test_path, val_path, budgets):
     print(f'wrote {png}')
 
 
-# ------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 def numbers(text, name, kind):
     try:
@@ -394,39 +356,47 @@ def main():
             return draw(plot, val, budget_list)
         return print(report_text(read_records(report), read_records(val, 'val'), budget_list,
                                  references.split(',')))
-    sweep(*sweep_settings())
+    sweep(sweep_settings())
 
 
 def sweep_settings():
-    """(decoding, settings): every (rule, k, τ, α scale, T_res, first step, residual steps) the config
-    asks for, each checked before any work."""
+    """Every decoding setting the config asks for (commit rule × RCD knobs), each checked before
+    any work."""
     dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant)
     starts = first_steps.split(',')
     for start in starts:  # each first step checked alone, as sample.py checks it
-        dec.first_step = start
-        check_decoding(dec, reference_ckpt if start == 'reference' else '')
+        reference = reference_ckpt if start == 'reference' else ''
+        check_decoding(replace(dec, first_step=start), reference)
     if reference_ckpt and 'reference' not in starts:
         common.fail("reference_ckpt is read only by first_steps 'reference'")
     if split not in ('val', 'test'):
         common.fail(f"split='{split}' must be 'val' or 'test'")
     if n_problems < 0 or batch_size < 1:
-        common.fail(f'need n_problems >= 0 (0 = all) and batch_size >= 1 (got {n_problems}, {batch_size})')
-    temps = numbers(residual_temperatures, 'residual_temperatures', float) if use_rcd else [1.0]
-    scales = numbers(alpha_scales, 'alpha_scales', float) if use_rcd else [1.0]
-    cutoffs = numbers(residual_steps, 'residual_steps', int) if use_rcd else [0]
+        common.fail(f'need n_problems >= 0 (0 = all) and batch_size >= 1 '
+                    f'(got {n_problems}, {batch_size})')
+    if not use_rcd and (alpha_scales, residual_temperatures, residual_steps) != ('1.0', '1.0', '0'):
+        common.fail('alpha_scales, residual_temperatures and residual_steps sweep RCD: '
+                    'use them with --use_rcd=True')
+    temps = numbers(residual_temperatures, 'residual_temperatures', float)
+    scales = numbers(alpha_scales, 'alpha_scales', float)
+    cutoffs = numbers(residual_steps, 'residual_steps', int)
     knobs = [(a, T, f, n) for a in scales if a != 0 for T in temps for f in starts for n in cutoffs]
-    knobs += [(0.0, 1.0, 'zero', 0)] if 0 in scales else []  # the residual off: the other knobs do nothing
-    rules = [('static', k, 0.0) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)]
-    rules += [('threshold', 1, tau) for tau in numbers(threshold_grid, 'threshold_grid', float)]
-    settings = [rule + knob for rule in rules for knob in knobs]
-    if not settings or any(k < 1 or not 0.0 < tau <= 1.0 and rule == 'threshold' or T <= 0 or a < 0 or n < 0
-                           for rule, k, tau, a, T, _, n in settings):
-        common.fail('need at least one setting, tokens per step >= 1, thresholds in (0, 1], T_res > 0, '
-                    'alpha_scales >= 0, residual_steps >= 0')
-    return dec, settings
+    knobs += [(0.0, 1.0, 'zero', 0)] if 0 in scales else []  # the residual off: no other knob acts
+    rules = [(k, 0.0) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)]
+    thresholds = numbers(threshold_grid, 'threshold_grid', float)
+    if not all(0 < tau <= 1 for tau in thresholds):
+        common.fail('thresholds must be in (0, 1]')
+    rules += [(1, tau) for tau in thresholds]
+    settings = [replace(dec, tokens_per_step=k, threshold=tau, alpha_scale=a,
+                        residual_temperature=T, first_step=f, residual_steps=n)
+                for k, tau in rules for a, T, f, n in knobs]
+    for problem in [s.problem() for s in settings] or ['there is no setting to sweep']:
+        if problem:
+            common.fail(problem)
+    return settings
 
 
-def sweep(dec, settings):
+def sweep(settings):
     """Score every setting on the split: one JSON record per setting, appended to `records`."""
     try:  # before any scoring: a run must not end with results it cannot write
         os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
@@ -437,28 +407,25 @@ def sweep(dec, settings):
     dev, autocast = common.setup_device(device, dtype)
     model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
     name = label or ('RCD' if use_rcd else 'baseline')
-    for rule, k, tau, a, T, start, n_res in settings:
-        dec.tokens_per_step, dec.threshold, dec.alpha_scale = k, tau, a
-        dec.residual_temperature, dec.first_step, dec.residual_steps = T, start, n_res
+    for dec in settings:
         t0 = time.perf_counter()
-        right, valid, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, name, dec,
-                                     reference, torch.Generator(dev).manual_seed(seed))
+        right, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, name, dec,
+                              reference, torch.Generator(dev).manual_seed(seed))
         wall = time.perf_counter() - t0  # score reads every answer back to the CPU: the GPU is done
-        n, correct = len(right), sum(right)
-        record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'), dataset=meta['dataset'],
-                      data_seed=meta.get('data_seed'),
-                      split=split, block_size=model.cfg.block_size, use_rcd=use_rcd,
-                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=a, first_step=start,
-                      residual_temperature=T, residual_steps=n_res, rule=rule,
-                      tokens_per_step=k if rule == 'static' else None,
-                      threshold=tau if rule == 'threshold' else None, n=n, correct=correct, accuracy=correct / n,
-                      ci95=wilson_interval(correct, n), valid=valid, items=''.join('01'[x] for x in right),
+        n, correct, rule = len(right), sum(right), 'threshold' if dec.threshold else 'static'
+        record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'),
+                      dataset=meta['dataset'], data_seed=meta.get('data_seed'), split=split,
+                      block_size=model.cfg.block_size, use_rcd=use_rcd,
+                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=dec.alpha_scale,
+                      first_step=dec.first_step, residual_temperature=dec.residual_temperature,
+                      residual_steps=dec.residual_steps, rule=rule,
+                      tokens_per_step=None if dec.threshold else dec.tokens_per_step,
+                      threshold=dec.threshold or None, n=n, correct=correct,
+                      accuracy=correct / n, items=''.join('01'[x] for x in right),
                       mean_passes=passes, wall_s=wall,
                       device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu')
-        lo, hi = record['ci95']
-        grids = f', {valid} valid grids' if valid is not None else ''
-        print(f'{name}, {setting_of(record)}: accuracy {100 * correct / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] '
-              f'on {n} {split}{grids}, {passes:.1f} passes per answer, {wall:.1f}s', flush=True)
+        print(f'{name}, {setting_of(record)}: accuracy {100 * correct / n:.1f}% on {n} {split}, '
+              f'{passes:.1f} passes per answer, {wall:.1f}s', flush=True)
         try:
             with open(records, 'a') as f:
                 f.write(json.dumps(record) + '\n')
@@ -468,5 +435,6 @@ def sweep(dec, settings):
 
 if __name__ == '__main__':
     configure(globals(), [k for k, v in globals().items()
-                          if not k.startswith('_') and type(v) in (int, float, bool, str)], sys.argv[1:])
+                          if not k.startswith('_') and type(v) in (int, float, bool, str)],
+              sys.argv[1:])
     main()

@@ -3,11 +3,12 @@ A block-diffusion language model in one file (SDAR / BD3-LM family).
 
 A bidirectional transformer whose attention is block-causal: token i sees token j iff
 j // B <= i // B, with B the diffusion block size. It is a denoiser, not a next-token predictor:
-the output at position i predicts the clean token at position i. Training reads the noised sequence x_t and the
-clean sequence x_0 side by side (length 2L) so that one pass denoises every block against its clean
-prefix; inference denoises one block at a time against a KV cache of finished blocks. The file
-reads: config, attention masks, the transformer, the training objective, and last the attention
-backend (FlexAttention or SDPA, both driven by the same mask predicate).
+the output at position i predicts the clean token at position i. Training reads the noised
+sequence x_t and the clean sequence x_0 side by side (length 2L) so that one pass denoises every
+block against its clean prefix; inference denoises one block at a time against a KV cache of
+finished blocks. The file reads: config, attention masks, the transformer, the training
+objective, and last the attention backend (FlexAttention or SDPA, both driven by the same mask
+predicate).
 """
 import functools
 import math

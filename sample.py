@@ -32,6 +32,7 @@ import torch
 import common
 import engine
 from configurator import configure
+from data.datasets import dataset_dir
 from rcd import ALPHA_MODES, dirichlet_logits
 
 FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')  # the paper's Table 5
@@ -242,7 +243,7 @@ def main():
     generator = torch.Generator(dev).manual_seed(seed)
     examples = [(prompt.replace('\\n', '\n'), None)] * num_samples
     if not prompt and 'answer_prefix' in meta:  # a dataset with answers: its first test problems
-        with open(os.path.join(common.dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
+        with open(os.path.join(dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
             examples = pickle.load(f)[:num_samples]
     n_right = 0
     for text, solution in examples:

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import common
 from checkpoint import build_model, load_checkpoint, save_checkpoint
 from configurator import configure
+from data.datasets import Batches, load_dataset
 from model import add_noise, loss_weights
 
 # --------------------------------------------------------------------------------------------------
@@ -74,8 +75,8 @@ torch.manual_seed(seed)
 device, autocast = common.setup_device(device, dtype)
 rank, n_proc = common.world()
 common.check_grad_accum(grad_accum_steps, n_proc)
-meta = common.load_dataset(dataset)
-batches = common.Batches(meta, seq_len, batch_size, device)
+meta = load_dataset(dataset)
+batches = Batches(meta, seq_len, batch_size, device)
 
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'resume':
@@ -180,5 +181,4 @@ while True:
     if iter_num % log_interval == 0:
         log.train(iter_num, common.sum_over_ranks(loss_sum), lr)  # loss, tokens/s, MFU
         loss_sum = torch.zeros((), device=device)
-log.close()
 common.leave(forward, n_proc)

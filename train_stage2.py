@@ -27,6 +27,7 @@ import common
 import rcd
 from checkpoint import build_model, check_compatible, load_checkpoint, save_checkpoint
 from configurator import configure
+from data.datasets import Batches, load_dataset
 from model import add_noise, loss_weights
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ torch.manual_seed(seed)
 device, autocast = common.setup_device(device, dtype)
 rank, n_proc = common.world()
 common.check_grad_accum(grad_accum_steps, n_proc)
-meta = common.load_dataset(dataset)
+meta = load_dataset(dataset)
 
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'resume':
@@ -127,7 +128,7 @@ optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2
 if init_from == 'resume':
     optimizer.load_state_dict(ckpt['optimizer'])
 ckpt.update(config=config, meta=meta)
-batches = common.Batches(meta, model.cfg.seq_len, batch_size, device)
+batches = Batches(meta, model.cfg.seq_len, batch_size, device)
 on_cuda = compile and device.type == 'cuda'
 compiled = torch.compile(model) if on_cuda else model
 forward = compiled
@@ -233,5 +234,4 @@ while True:
     if iter_num % log_interval == 0:
         log.train(iter_num, common.sum_over_ranks(loss_sum), lr)  # loss, tokens/s, MFU
         loss_sum = torch.zeros((), device=device)
-log.close()
 common.leave(forward, n_proc)

@@ -7,16 +7,7 @@ import os
 import pytest
 
 from conftest import run_in_process, run_script
-from eval import row_of, setting_of, wilson_interval
-
-
-def test_wilson_interval_by_hand():
-    lo, hi = wilson_interval(0, 10)
-    assert lo == 0.0 and math.isclose(hi, 3.8416 / 13.8416, rel_tol=1e-4)  # z^2 / (n + z^2) when nothing is right
-    lo, hi = wilson_interval(50, 100)
-    assert math.isclose(lo, 0.4038, abs_tol=1e-4) and math.isclose(hi, 0.5962, abs_tol=1e-4)
-    assert wilson_interval(7, 7)[1] == 1.0
-    assert wilson_interval(0, 3000)[0] == 0.0  # rounding gave 1e-19 here: a negative error bar in the plot
+from eval import row_of, setting_of
 
 
 def sweep(ckpt, records, *extra):
@@ -34,7 +25,7 @@ def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
         [('static', 1, None), ('static', 8, None), ('threshold', None, 0.9)]
     for r in base:
         assert r['label'] == 'baseline' and r['n'] == 20 and r['correct'] == round(r['accuracy'] * 20)
-        assert r['ci95'][0] <= r['accuracy'] <= r['ci95'][1] and r['wall_s'] > 0
+        assert r['wall_s'] > 0
     assert base[1]['mean_passes'] < base[0]['mean_passes']  # 8 tokens per step needs fewer passes than 1
     # RCD's knobs per rule: each alpha scale with each T_res, first step and residual cutoff, then the residual off
     # (alpha x 0) once, which is the plain sampler: the same answers at the same cost, appended to the same file
@@ -73,7 +64,9 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize('args,message', [
     (['--threshold_grid=a,b'], "must be comma-separated numbers"),
-    (['--tokens_per_step_grid=0'], 'tokens per step >= 1'),
+    (['--tokens_per_step_grid=0'], 'tokens_per_step >= 1'),
+    (['--alpha_scales=0.5'], 'use them with --use_rcd=True'),
+    (['--use_rcd=True', '--alpha_scales=nan'], 'alpha_scale >= 0 both finite'),
     (['--first_steps=self'], 'use them with --use_rcd=True'),
     (['--use_rcd=True', '--first_steps=zero,reference'], "needs --reference_ckpt=PATH"),
     (['--use_rcd=True', '--first_steps=zero,nosuch'], "nosuch"),

@@ -13,7 +13,7 @@ import torch
 import rcd
 import checkpoint
 import common
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, run_script
 from model import BlockDiffusionLM, ModelConfig
 from conftest import decode
 
@@ -208,7 +208,7 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
 def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_reads(
         tiny_reasoning, stage1_ckpts, tmp_path, monkeypatch):
     target, small_ref = stage1_ckpts
-    monkeypatch.chdir(common.ROOT)
+    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, target, small_ref, str(tmp_path))
                         + ['--max_iters=3', '--lr_decay_iters=3', '--residual_fraction=1.0'])
     g = runpy.run_path('train_stage2.py', run_name='__main__')  # trains 3 iterations in this process
@@ -291,7 +291,7 @@ def test_incompatible_reference_is_a_clear_error(tiny_reasoning, stage1_ckpts, t
         checkpoint.save_checkpoint(ckpt, os.path.join(other, 'ckpt.pt'))
     else:
         stage1(tiny_reasoning, other, *extra)
-    monkeypatch.chdir(common.ROOT)
+    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, target, os.path.join(other, 'ckpt.pt'),
                                                  str(tmp_path / 'out')) + ['--max_iters=1'])
     with pytest.raises(SystemExit) as e:
@@ -300,7 +300,7 @@ def test_incompatible_reference_is_a_clear_error(tiny_reasoning, stage1_ckpts, t
 
 
 def test_missing_stage1_checkpoint_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch):
-    monkeypatch.chdir(common.ROOT)
+    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, '/no/such/ckpt.pt', '/no/such/ckpt.pt',
                                                  str(tmp_path)))
     with pytest.raises(SystemExit, match="checkpoint '/no/such/ckpt.pt' not found"):

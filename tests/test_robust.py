@@ -10,7 +10,7 @@ import torch
 
 import checkpoint
 import common
-from conftest import TINY, run_in_process, run_script
+from conftest import ROOT, TINY, run_in_process, run_script
 
 
 def stage1_args(data, out, *extra):
@@ -74,7 +74,7 @@ def test_bad_sampling_input_is_a_clear_error(tiny_ckpt, args, message, monkeypat
 
 @pytest.mark.parametrize('script', ['train_stage1.py', 'train_stage2.py', 'sample.py', 'eval.py', 'bench.py'])
 def test_help_says_what_the_script_does_and_its_keys(script, monkeypatch, capsys):
-    monkeypatch.chdir(common.ROOT)
+    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', [script, '--help'])
     with pytest.raises(SystemExit) as e:
         runpy.run_path(script, run_name='__main__')
@@ -140,7 +140,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tiny_reasoning, tmp
     import time
     out = tmp_path / 'run'
     args = stage1_args(tiny_reasoning, out, '--max_iters=100000', '--lr_decay_iters=100000', '--eval_interval=2')
-    p = subprocess.Popen([sys.executable, *args], cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     deadline = time.time() + 120
     while not (out / 'ckpt.pt').exists() and time.time() < deadline:

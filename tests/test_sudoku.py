@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import common
-from conftest import run_script
+from conftest import ROOT, run_script
 from data.sudoku import prepare as sudoku
 from eval import (binomial_interval, frontier_scores, frontiers, mixture, paired_difference,
                   passes_to_reach, read_records, report_text, upper_hull)
@@ -226,7 +226,7 @@ def test_held_out_grids_are_no_symmetric_copy_of_a_training_grid(small_set):
 def test_the_stored_tables_come_from_the_stored_records(name):
     """results/<name>.md is what eval.py --report prints today from the records beside it: the
     published numbers and the statistics code cannot drift apart."""
-    path = os.path.join(common.ROOT, 'results', name)
+    path = os.path.join(ROOT, 'results', name)
     test, val = read_records(f'{path}_test.jsonl'), read_records(f'{path}_val.jsonl')
     with open(f'{path}.md') as f:
         published = f.read()

@@ -13,7 +13,8 @@ import torch
 
 import checkpoint
 import common
-from conftest import TINY, run_script
+from data import datasets
+from conftest import ROOT, TINY, run_script
 
 
 def read_log(out_dir):
@@ -76,7 +77,7 @@ def test_resume_continues_with_identical_loss(tiny_reasoning, tmp_path):
     (['--lr_decay_iters=0'], 'lr_decay_iters=0 must be >= 1'),
     (['--weight_decay=-0.1'], 'weight_decay=-0.1 must be >= 0'),
     (['--grad_clip=-1.0'], 'grad_clip=-1.0 must be >= 0'),
-    (['--learning_rate=0'], 'need learning_rate > 0'),
+    (['--learning_rate=0'], 'learning_rate > 0'),
     (['--beta2=1.5'], 'beta1, beta2 < 1'),
     (['--dropout=1.0'], 'dropout=1.0 must be in [0, 1)'),
     (['--mask_rate_min=0.9', '--mask_rate_max=0.5'], 'need 0 <= mask_rate_min < mask_rate_max <= 1'),
@@ -91,7 +92,7 @@ def test_resume_continues_with_identical_loss(tiny_reasoning, tmp_path):
 ])
 def test_bad_input_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch, args, message):
     """In-process for speed: a clear error is a SystemExit carrying the message (anything else fails the test)."""
-    monkeypatch.chdir(common.ROOT)
+    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
                                       f'--out_dir={tmp_path}', '--max_iters=1', *args])
     with pytest.raises(SystemExit) as e:
@@ -118,10 +119,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
-    meta = common.load_dataset(tiny_reasoning)
+    meta = datasets.load_dataset(tiny_reasoning)
     with open(os.path.join(tiny_reasoning, 'test.pkl'), 'rb') as f:
         test = pickle.load(f)
-    batches = common.Batches(meta, meta['row_len'], 8, torch.device('cpu'))
+    batches = datasets.Batches(meta, meta['row_len'], 8, torch.device('cpu'))
     x0, prompt, _ = batches.get('train', 0)
     itos = meta['itos']
     for row, p in zip(x0.tolist(), prompt.tolist()):
@@ -145,12 +146,12 @@ def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
 def test_shakespeare_prepare(tmp_path):
     r = run_script('data/shakespeare_char/prepare.py')
     assert r.returncode == 0, r.stderr
-    meta = common.load_dataset('shakespeare_char')
-    batches = common.Batches(meta, 64, 4, torch.device('cpu'))
+    meta = datasets.load_dataset('shakespeare_char')
+    batches = datasets.Batches(meta, 64, 4, torch.device('cpu'))
     x0, prompt, _ = batches.get('val', 0)
     assert x0.shape == (4, 64) and not prompt.any() and x0.max() < meta['eos_id']
     assert 'HAMLET' in ''.join(meta['itos'][i] for i in np.fromfile(
-        os.path.join(common.dataset_dir('shakespeare_char'), 'train.bin'), dtype=np.uint16)[:200])
+        os.path.join(datasets.dataset_dir('shakespeare_char'), 'train.bin'), dtype=np.uint16)[:200])
 
 
 def test_bpe_prepare_reads_local_files_and_fails_clearly_without_them(tmp_path):
@@ -164,7 +165,7 @@ def test_bpe_prepare_reads_local_files_and_fails_clearly_without_them(tmp_path):
     bpe.write_text(''.join(f'{base64.b64encode(bytes([i])).decode()} {i}\n' for i in range(256)))
     r = run_script('data/text_bpe/prepare.py', f'--input={corpus}', f'--bpe_path={bpe}', f'--out_dir={tmp_path}')
     assert r.returncode == 0, r.stderr
-    meta = common.load_dataset(str(tmp_path))
+    meta = datasets.load_dataset(str(tmp_path))
     assert (meta['eos_id'], meta['mask_id'], meta['vocab_size']) == (256, 257, 258)
     ids = np.fromfile(tmp_path / 'train.bin', dtype=np.uint16)
     from data.tokenizer import Tokenizer
@@ -222,7 +223,7 @@ def test_training_clips_with_grad_clip_and_the_loss_is_the_mean_over_micro_batch
     calls = []
     real_clip = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', lambda p, c: calls.append(c) or real_clip(p, c))
-    monkeypatch.chdir(common.ROOT)
+    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
                                       f'--out_dir={tmp_path}', '--max_iters=2', '--grad_clip=0.37',
                                       '--grad_accum_steps=2', '--eval_interval=2'])
