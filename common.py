@@ -41,6 +41,8 @@ def check_train_config(c):
     for key, low in least.items():
         if c[key] < low:
             fail(f'{key}={c[key]} must be >= {low}')
+    if not c['out_dir']:
+        fail('out_dir is empty: name a directory for the checkpoint and log')
     if os.path.exists(c['out_dir']) and not os.path.isdir(c['out_dir']):
         fail(f"out_dir='{c['out_dir']}' is a file, not a directory")
     if c['lr_decay_iters'] < c['warmup_iters']:
@@ -71,8 +73,9 @@ def setup_device(device, dtype):
     try:
         device = torch.device(device)
     except RuntimeError:
-        fail(f"device='{device}' is not a device torch knows; use 'auto', 'cpu', 'cuda' or "
-             f"'cuda:N'")
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        fail("this code runs on 'cpu' or 'cuda' (or 'cuda:N'); use --device=auto, cpu or cuda")
     if 'RANK' in os.environ:
         if device.type == 'cuda':
             n_gpu = torch.cuda.device_count()
@@ -165,8 +168,11 @@ class RunLog:
         self.peak_all = self.peak * n_proc if self.peak else None
         self.restart_clock(start)
         if rank == 0:
-            os.makedirs(out_dir, exist_ok=True)
-            self.lock()
+            try:
+                os.makedirs(out_dir, exist_ok=True)
+                self.lock()
+            except OSError as e:
+                fail(f"cannot write to out_dir='{out_dir}' ({e.strerror})")
             signal.signal(signal.SIGINT, self.interrupted)
             signal.signal(signal.SIGTERM, self.interrupted)  # what batch schedulers send
             stale = os.path.join(out_dir, 'ckpt.pt.tmp')  # left by a run killed mid-save

@@ -143,8 +143,9 @@ def rule_of(r):
 def setting_of(r):
     rule = f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"τ {r['threshold']}"
     if r.get('use_rcd') and r.get('alpha_scale'):
+        n = r['residual_steps']
         rule += (f", α × {r['alpha_scale']}, T_res {r['residual_temperature']}, first step "
-                 f"{r['first_step']}, residuals in the first {r['residual_steps'] or 'all'} steps")
+                 f"{r['first_step']}, residuals {f'in the first {n} steps' if n else 'at every step'}")
     return rule
 
 

@@ -227,12 +227,15 @@ def main():
     dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant,
                    alpha_scale, residual_temperature, first_step, residual_steps)
     check_decoding(dec, reference_ckpt)
-    if num_samples < 1 or max_new_tokens < 0:
-        common.fail(f'need num_samples >= 1 and max_new_tokens >= 0 '
-                    f'(got {num_samples}, {max_new_tokens})')
+    if not (1 <= num_samples <= 1000 and max_new_tokens >= 0 and seed >= 0):
+        common.fail(f'need 1 <= num_samples <= 1000, max_new_tokens >= 0 and seed >= 0 '
+                    f'(got {num_samples}, {max_new_tokens}, {seed}); eval.py scores whole splits')
     torch.manual_seed(seed)
     dev, autocast = common.setup_device(device, dtype)
-    model, meta, tok, reference, _ = engine.load_models(ckpt, reference_ckpt, dev)
+    model, meta, tok, reference, trained = engine.load_models(ckpt, reference_ckpt, dev)
+    if use_rcd and trained.get('alpha_scale', alpha_scale) != alpha_scale:
+        print(f"note: the model was trained at alpha_scale={trained['alpha_scale']}, decoded at "
+              f"{alpha_scale}")
     rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
     if use_rcd:
         rule += f', RCD alpha={alpha_mode}, first step {first_step}'

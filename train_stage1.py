@@ -79,18 +79,21 @@ meta = load_dataset(dataset)
 batches = Batches(meta, seq_len, batch_size, device)
 
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+model_args = dict(vocab_size=meta['vocab_size'], mask_id=meta['mask_id'], seq_len=seq_len,
+                  block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                  dropout=dropout)
 if init_from == 'resume':
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt['meta']['vocab_size'] != meta['vocab_size']:
-        common.fail(f"{ckpt_path} was trained on another vocabulary than dataset '{dataset}'")
+    ckpt = load_checkpoint(ckpt_path, stage=1)
+    changed = [f'{k} {v} (was {ckpt["model_args"][k]})' for k, v in model_args.items()
+               if ckpt['model_args'].get(k) != v]
+    if changed:  # a resumed run keeps its model and data: a flag that changes them is refused
+        common.fail(f"{ckpt_path} was trained with other settings: {', '.join(changed)}")
     print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
 else:
-    if os.path.isfile(ckpt_path) and not eval_only:
-        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with '
-                    f'--init_from=resume, or train into a fresh --out_dir')
-    model_args = dict(vocab_size=meta['vocab_size'], mask_id=meta['mask_id'], seq_len=seq_len,
-                      block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                      dropout=dropout)
+    if os.path.isfile(ckpt_path):
+        common.fail(f'{ckpt_path} exists and this run would replace it (or, with eval_only, score '
+                    f'fresh weights beside it): continue it with --init_from=resume, or use a '
+                    f'fresh --out_dir')
     ckpt = dict(model_args=model_args, model=None)
 model = build_model(ckpt['model_args'], ckpt['model']).to(device)
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
