@@ -41,9 +41,9 @@ def test_compiled_residual_matches_eager(temperature):
     torch.manual_seed(0)
     logits, emb = torch.randn(8, 16, 50) * 3, torch.randn(50, 32)
     remasked = torch.rand(8, 16) < 0.6
-    want = rcd.logits_residual(logits, emb, 49, remasked, 'entropy', temperature=temperature)
-    got = torch.compile(rcd.logits_residual)(logits.cuda(), emb.cuda(), 49, remasked.cuda(), 'entropy',
-                                             temperature=temperature)
+    want = rcd.residual(logits, emb, 49, remasked, 'entropy', temperature=temperature)
+    got = torch.compile(rcd.residual)(logits.cuda(), emb.cuda(), 49, remasked.cuda(), 'entropy',
+                                      temperature=temperature)
     assert torch.allclose(got.cpu(), want, rtol=1e-4, atol=1e-5)
 
 
@@ -72,12 +72,8 @@ def test_compiled_rollout_matches_the_cpu_path():
     reads = torch.arange(12) % 3 != 0  # a third of the rows read no residual (rollout_plain)
     outs = []
     for m, dev in ((cpu, 'cpu'), (torch.compile(gpu), 'cuda')):
-        emb = (cpu if dev == 'cpu' else gpu).wte.weight
-
-        def residual(logits, remasked):
-            return rcd.logits_residual(logits, emb, cfg.mask_id, remasked, 'entropy')
-        outs.append(rcd.rollout(m, x0.to(dev), start.to(dev), prompt.to(dev), steps.to(dev), threshold.to(dev),
-                                residual, reads.to(dev)))
+        outs.append(rcd.rollout(m, x0.to(dev), start.to(dev), prompt.to(dev), steps.to(dev),
+                                threshold.to(dev), reads.to(dev), 'entropy'))
     (x_cpu, _, t_cpu, logits_cpu, remasked_cpu), (x_gpu, _, t_gpu, logits_gpu, remasked_gpu) = outs
     assert not remasked_cpu[~reads].any() and not remasked_gpu[~reads.cuda()].any()
     assert (x_gpu.cpu() == x_cpu).float().mean() > 0.99 and (x_cpu != start).any()
