@@ -1,6 +1,5 @@
 """The Sudoku task: generated puzzles are valid, uniquely solvable and held out from training; answers are scored on
 the exact grid; the paired interval that compares two methods on the same puzzles, by hand."""
-import math
 import os
 import pickle
 import random
@@ -11,8 +10,8 @@ import pytest
 import common
 from conftest import ROOT, run_script
 from data.sudoku import prepare as sudoku
-from eval import (binomial_interval, frontier_scores, frontiers, mixture, paired_difference,
-                  passes_to_reach, read_records, report_text, upper_hull)
+from eval import (frontier_scores, frontiers, interval, mixture, passes_to_reach, read_records,
+                  report_text, upper_hull)
 from sample import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
@@ -102,21 +101,13 @@ def test_answers_are_scored_on_the_exact_grid():
     assert not is_right(answer_of('1+2=3\n', '#### '), '#### 3\n', '#### ')  # no answer line: unparsable
 
 
-def test_exact_paired_interval_by_hand():
-    # Clopper-Pearson: 10 of 10 -> lower end (0.025)^(1/10); 5 of 10 -> the textbook [0.1871, 0.8129]
-    assert binomial_interval(10, 10) == (pytest.approx(0.025 ** 0.1), 1.0)
-    lo, hi = binomial_interval(5, 10)
-    assert lo == pytest.approx(0.1871, abs=1e-4) and hi == pytest.approx(0.8129, abs=1e-4)
-    # 20 items: a alone right on 10, b alone right on none, 10 agree -> difference +0.5; interval from 10 of 10
-    a = [True] * 10 + [True] * 5 + [False] * 5
-    b = [False] * 10 + [True] * 5 + [False] * 5
-    d, lo, hi = paired_difference(a, b)
-    assert d == 0.5 and lo == pytest.approx(0.5 * (2 * 0.025 ** 0.1 - 1)) and hi == pytest.approx(0.5)
-    assert paired_difference(b, a) == (-0.5, pytest.approx(-0.5), pytest.approx(-0.5 * (2 * 0.025 ** 0.1 - 1)))
-    assert paired_difference(a, a) == (0.0, 0.0, 0.0)
-    # unpaired accuracies would hide this: the same 50% each, but all disagreements one way or the other
-    d, lo, hi = paired_difference([True, False] * 50, [False, True] * 50)
-    assert d == 0 and lo < 0 < hi and math.isclose(lo, -hi)
+def test_intervals_by_hand():
+    # over 3 seeds: mean 0.2, sd 0.1, t(2 dof) = 4.303 -> half width 4.303 * 0.1 / sqrt(3) = 0.248
+    assert interval([0.1, 0.2, 0.3], 'seeds') == '+20.0 [-4.8, +44.8]'
+    # over items: paired differences 1, -1, 1, -1 -> mean 0, sd 2/sqrt(3), 1.96 * sd / 2 = 1.13
+    assert interval([1, -1, 1, -1], 'items') == '+0.0 [-113.2, +113.2]'
+    assert interval([0.1], 'seeds') == '+10.0'  # one seed: no interval
+    assert interval([0.0] * 5, 'items') == '+0.0 [+0.0, +0.0]'  # no item differs
 
 
 def record(label, split, rule, accuracy, passes, items='1100', seed=1, **rcd):
