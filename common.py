@@ -120,6 +120,24 @@ def leave(forward, n_proc):
         dist.destroy_process_group()
 
 
+@torch.no_grad()
+def estimate_loss(model, loss_of, eval_iters, autocast):
+    """Mean loss_of(split, seed) over eval_iters fixed batches of each split: the same batches at
+    every eval, so evals compare. Under torchrun each rank scores its share."""
+    rank, n_proc = world()
+    device = next(model.parameters()).device
+    model.eval()
+    out = {}
+    for split in ('train', 'val'):
+        total = torch.zeros((), device=device)
+        for k in range(rank, eval_iters, n_proc):
+            with autocast:
+                total += loss_of(split, EVAL_SEED + k)
+        out[split] = sum_over_ranks(total).item() / eval_iters
+    model.train()
+    return out
+
+
 def peak_flops(device):
     """Datasheet dense bf16 peak of the GPU (FLOP/s), or None where unknown (then no MFU is
     shown)."""

@@ -13,31 +13,19 @@ from model import KVCache
 from rcd import residual, residual_probs
 
 
-def runners(model, reference, x, prefill, use_cache, cuda_graph):
-    """(target, reference or None): a BlockRunner per model over the sequence x, the first
-    `prefill` tokens (the prompt's whole blocks) already in their caches."""
-    out = [BlockRunner(m, x, use_cache, cuda_graph) if m is not None else None
-           for m in (model, reference)]
-    for runner in out:
-        if runner is not None:
-            runner.prefill(prefill)
-    return out
-
-
 class BlockRunner:
     """One model's forward pass over one block [s, e) of the sequence x: against its KV cache (a
-    replayed CUDA graph on CUDA), or, without a cache, by re-running the whole prefix."""
+    replayed CUDA graph on CUDA), or, without a cache, by re-running the whole prefix. The first
+    `prefill` tokens (the prompt's whole blocks) go into the cache at once."""
 
-    def __init__(self, model, x, use_cache, cuda_graph):
+    def __init__(self, model, x, prefill, use_cache, cuda_graph):
         self.model, self.x = model, x
         self.cache = KVCache(model.cfg.n_layer, x.shape[1], x.device) if use_cache else None
         self.use_graph = use_cache and cuda_graph and x.device.type == 'cuda'
         self.graph = None  # captured on first use
-
-    def prefill(self, n):
-        if self.cache is not None and n > 0:
-            self.model(self.x[:, :n], cache=self.cache)
-            self.cache.advance(n)
+        if self.cache is not None and prefill > 0:
+            model(x[:, :prefill], cache=self.cache)
+            self.cache.advance(prefill)
 
     def __call__(self, s, e, delta=None):
         """Logits of block [s, e), its inputs shifted by delta (b, e - s, d) where given."""

@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 import common
 from configurator import configure
-from data.datasets import dataset_dir
+from data.datasets import answer_of, dataset_dir, is_right
 from engine import load_models
-from sample import Decoding, answer_of, check_decoding, generate, is_right
+from sample import Decoding, check_decoding, generate
 
 # --------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'

@@ -32,7 +32,7 @@ import torch
 import common
 import engine
 from configurator import configure
-from data.datasets import dataset_dir
+from data.datasets import answer_of, dataset_dir, is_right
 from rcd import ALPHA_MODES, dirichlet_logits
 
 FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')  # the paper's Table 5
@@ -158,7 +158,8 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
         raise ValueError(f'a prompt of {p} tokens and {max_new_tokens} new tokens must fit the '
                          f'context (seq_len={cfg.seq_len}) with at least one new token')
     x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), 1)
-    target, ref = engine.runners(model, reference, x, p // B * B, use_cache, cuda_graph)
+    target, ref = [engine.BlockRunner(m, x, p // B * B, use_cache, cuda_graph)
+                   if m is not None else None for m in (model, reference)]  # prompt prefilled
     probs_of, residual_of = engine.step_functions(dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     passes = torch.zeros(b, dtype=torch.long, device=dev)
@@ -208,19 +209,6 @@ def check_decoding(dec, reference_ckpt):
     if (dec.first_step == 'reference') != bool(reference_ckpt):
         common.fail("first_step='reference' needs --reference_ckpt=PATH, and reference_ckpt "
                     "needs it")
-
-
-def answer_of(text, prefix):
-    """The final answer: what follows the last `prefix` on its line ('' = the first line), or
-    None."""
-    if not prefix:
-        return text.split('\n')[0].strip()
-    return text.rsplit(prefix, 1)[1].split('\n')[0].strip() if prefix in text else None
-
-
-def is_right(pred, solution, prefix):
-    """A parsed answer `pred` is right when it equals the reference solution's answer exactly."""
-    return pred is not None and pred == answer_of(solution, prefix)
 
 
 def main():

@@ -19,6 +19,7 @@ Reads top to bottom: config, device, data, models and optimizer, one RCD trainin
 """
 import os
 import sys
+from functools import partial
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -166,21 +167,6 @@ def batch_loss(forward, split, batch_seed):
     return forward(x_t, x0, delta, loss_weights=weights)
 
 
-@torch.no_grad()
-def estimate_loss():
-    """Mean loss over eval_iters fixed batches of each split (the same at every eval)."""
-    model.eval()
-    out = {}
-    for split in ('train', 'val'):
-        total = torch.zeros((), device=device)
-        for k in range(rank, eval_iters, n_proc):
-            with autocast:
-                total += batch_loss(compiled, split, common.EVAL_SEED + k)
-        out[split] = common.sum_over_ranks(total).item() / eval_iters
-    model.train()
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # the training loop
 iter_num = start = ckpt.get('iter_num', 0)
@@ -198,7 +184,7 @@ while True:
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 or iter_num == max_iters:
-        losses = estimate_loss()
+        losses = common.estimate_loss(model, partial(batch_loss, compiled), eval_iters, autocast)
         common.check_finite(losses, iter_num)
         log.say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         log.write(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))

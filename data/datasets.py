@@ -93,3 +93,16 @@ class Batches:
             return x0, torch.zeros_like(x0, dtype=torch.bool), self.noise
         sep = (x0 == self.meta['prompt_sep_id']).int()
         return x0, (sep.cumsum(1) - sep) == 0, self.noise  # no separator before: prompt, separator
+
+
+def answer_of(text, prefix):
+    """The final answer: what follows the last `prefix` on its line ('' = the first line), or
+    None."""
+    if not prefix:
+        return text.split('\n')[0].strip()
+    return text.rsplit(prefix, 1)[1].split('\n')[0].strip() if prefix in text else None
+
+
+def is_right(pred, solution, prefix):
+    """A parsed answer `pred` is right when it equals the reference solution's answer exactly."""
+    return pred is not None and pred == answer_of(solution, prefix)

@@ -1,7 +1,6 @@
 """The decoding sweep (eval.py), its records and confidence intervals, its report, and the benchmark's
 CPU smoke run."""
 import json
-import math
 import os
 
 import pytest

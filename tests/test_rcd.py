@@ -6,13 +6,11 @@ import os
 import runpy
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import rcd
 import checkpoint
-import common
 from conftest import ROOT, TINY, run_script
 from model import BlockDiffusionLM, ModelConfig
 from conftest import decode

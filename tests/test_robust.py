@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import checkpoint
-import common
 from conftest import ROOT, TINY, run_in_process, run_script
 
 

@@ -7,12 +7,11 @@ import random
 import numpy as np
 import pytest
 
-import common
 from conftest import ROOT, run_script
 from data.sudoku import prepare as sudoku
 from eval import (frontier_scores, frontiers, interval, mixture, passes_to_reach, read_records,
                   report_text, upper_hull)
-from sample import answer_of, is_right
+from data.datasets import answer_of, is_right
 
 SOLVED = '534678912672195348198342567859761423426853791713924856961537284287419635345286179'
 
