@@ -143,6 +143,39 @@ def first_step_logits(dec, target, reference, s, e, generator):
     return (reference if dec.first_step == 'reference' else target)(s, e)
 
 
+def denoise_block(x, s, e, done, dec, target, reference, generator):
+    """Denoise block [s, e) of x (b, L) in place until no [MASK] is left, in the rows not `done`:
+    the paper's Alg. 2 inside one block. `target` and `reference` run one model's pass over the
+    block (engine.BlockRunner). Returns the forward passes each row took."""
+    model = target.model
+    mask_id, weight = model.cfg.mask_id, model.wte.weight
+    probs_of, residual_of = engine.step_functions(x.device)
+    schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), dec.tokens_per_step)
+    passes = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    # RCD: each step's residual comes from res_logits at the remasked positions
+    res_logits = first_step_logits(dec, target, reference, s, e, generator)
+    remasked = (x[:, s:e] == mask_id) & ~done[:, None]
+    if dec.use_rcd and dec.first_step in ('self', 'reference'):  # an extra pass
+        passes += remasked.any(1)
+    for step in itertools.count():
+        masked = (x[:, s:e] == mask_id) & ~done[:, None]
+        live = masked.any(1)
+        if not live.any():
+            return passes
+        delta = None  # built before the pass: a replayed graph overwrites its logits
+        if res_logits is not None and (dec.residual_steps == 0 or step < dec.residual_steps):
+            delta = residual_of(res_logits, weight, mask_id, remasked, dec.alpha_mode,
+                                dec.alpha_constant, dec.alpha_scale, dec.residual_temperature)
+        logits = target(s, e, delta)
+        passes += live
+        pred, conf = predict(probs_of(logits, mask_id, dec.temperature or 1.0), masked, dec,
+                             generator)
+        commit = commit_rule(conf, masked, dec, schedule[min(step, len(schedule) - 1)])
+        x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
+        if dec.use_rcd:  # RCD: the remasked positions keep what this step computed for them
+            res_logits, remasked = logits, masked & ~commit
+
+
 @torch.no_grad()
 def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None, generator=None,
              use_cache=True, cuda_graph=True):
@@ -160,40 +193,16 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
     x = torch.cat((prompt_ids, torch.full((b, end - p), mask_id, dtype=torch.long, device=dev)), 1)
     target, ref = [engine.BlockRunner(m, x, p // B * B, use_cache, cuda_graph)
                    if m is not None else None for m in (model, reference)]  # prompt prefilled
-    probs_of, residual_of = engine.step_functions(dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     passes = torch.zeros(b, dtype=torch.long, device=dev)
-    for blk in range(p // B, end // B):
-        s, e = blk * B, (blk + 1) * B
-        schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), dec.tokens_per_step)
-        # RCD: each step's residual comes from res_logits at the remasked positions
-        res_logits = first_step_logits(dec, target, ref, s, e, generator)
-        remasked = (x[:, s:e] == mask_id) & ~done[:, None]
-        if dec.use_rcd and dec.first_step in ('self', 'reference'):  # an extra pass
-            passes += remasked.any(1)
-        for step in itertools.count():
-            masked = (x[:, s:e] == mask_id) & ~done[:, None]
-            live = masked.any(1)
-            if not live.any():
-                break
-            delta = None  # built before the pass: a replayed graph overwrites its logits
-            if res_logits is not None and (dec.residual_steps == 0 or step < dec.residual_steps):
-                delta = residual_of(res_logits, model.wte.weight, mask_id, remasked, dec.alpha_mode,
-                                    dec.alpha_constant, dec.alpha_scale, dec.residual_temperature)
-            logits = target(s, e, delta)
-            passes += live
-            pred, conf = predict(probs_of(logits, mask_id, dec.temperature or 1.0), masked, dec,
-                                 generator)
-            commit = commit_rule(conf, masked, dec, schedule[min(step, len(schedule) - 1)])
-            x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
-            if dec.use_rcd:  # RCD: the remasked positions keep what this step computed for them
-                res_logits, remasked = logits, masked & ~commit
+    for s in range(p // B * B, end, B):
+        passes += denoise_block(x, s, s + B, done, dec, target, ref, generator)
         if eos_id is not None:
-            done |= (x[:, s:e] == eos_id).any(1)
-        if done.all() or e == end:
+            done |= (x[:, s:s + B] == eos_id).any(1)
+        if done.all() or s + B == end:
             break
         for runner in (r for r in (target, ref) if r is not None and use_cache):
-            runner.keep(s, e)  # the next blocks read the finished block's keys/values
+            runner.keep(s, s + B)  # the next blocks read the finished block's keys/values
             passes += ~done
     return x[:, :p + max_new_tokens], passes
 
