@@ -38,6 +38,11 @@ out = ''                         # also write the rows as JSON lines to this fil
 profile = False                  # also print the kernels that take each training step's time (torch.profiler)
 configure(globals(), ['sizes', 'sections', 'warmup', 'repeats', 'compile', 'device', 'out', 'profile'], sys.argv[1:])
 # -----------------------------------------------------------------------------------------------------------------
+if out:  # before the benchmark: its rows must not be lost to an unwritable path at the end
+    try:
+        open(out, 'a').close()
+    except OSError as e:
+        sys.exit(f'error: cannot write --out={out} ({e.strerror})')
 
 # model shape, training batch, attention batch per length, sampling batches and number of generated blocks
 SIZES = {

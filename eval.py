@@ -105,6 +105,8 @@ T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262]  # t qu
 
 def read_records(path, split=None):
     """The records of a file, each checked to be an eval.py record (of `split`, where given)."""
+    if os.path.isdir(path):
+        common.fail(f"records file '{path}' is a directory: give the .jsonl file")
     if not os.path.isfile(path):
         common.fail(f"records file '{path}' not found; run eval.py on a checkpoint first")
     need = {'label', 'rule', 'items', 'mean_passes', 'train_seed', 'split', 'accuracy'}
@@ -438,4 +440,7 @@ if __name__ == '__main__':
     configure(globals(), [k for k, v in globals().items()
                           if not k.startswith('_') and type(v) in (int, float, bool, str)],
               sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # records are appended whole, one line per finished setting
+        raise SystemExit('stopped (Ctrl-C)')

@@ -274,4 +274,7 @@ if __name__ == '__main__':
     configure(globals(), [k for k, v in globals().items()
                           if not k.startswith('_') and type(v) in (int, float, bool, str)],
               sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # records are appended whole, one line per finished setting
+        raise SystemExit('stopped (Ctrl-C)')

@@ -63,6 +63,8 @@ def main():
         ap.error(f'--out_dir={args.out_dir} is a file, not a directory')
     if not (args.digits >= 1 and 2 <= args.min_terms <= args.max_terms):
         ap.error('need --digits >= 1 and 2 <= --min_terms <= --max_terms')
+    if min(args.n_train, args.n_val, args.n_test) < 1:
+        ap.error('need at least one problem per split (--n_train, --n_val, --n_test >= 1)')
 
     rng = random.Random(args.seed)
     seen, splits = set(), {}

@@ -15,6 +15,8 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, '..', '..'))
 from data.tokenizer import char_meta  # noqa: E402
 
+if len(sys.argv) > 1:
+    sys.exit(f'error: this script takes no arguments (got {" ".join(sys.argv[1:])})')
 with gzip.open(os.path.join(here, 'plays.txt.gz'), 'rt', encoding='utf-8') as f:
     text = f.read()
 meta = char_meta(sorted(set(text)))

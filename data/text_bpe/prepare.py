@@ -24,12 +24,16 @@ ap.add_argument('--out_dir', default=here)
 args = ap.parse_args()
 if not os.path.isfile(args.input):
     sys.exit(f'error: --input {args.input!r} is not a file')
+if not 0 < args.val_fraction < 1:
+    sys.exit(f'error: --val_fraction={args.val_fraction} must be between 0 and 1')
 
 enc = load_gpt2_encoding(args.bpe_path)
 meta = gpt2_meta(enc, args.bpe_path or os.environ['NANORCD_GPT2_BPE'])
 with open(args.input, encoding='utf-8') as f:
     ids = np.array(enc.encode_ordinary(f.read()), dtype=np.uint16)
 n = int((1 - args.val_fraction) * len(ids))
+if n < 2 or len(ids) - n < 2:
+    sys.exit(f'error: {args.input} gives {len(ids)} tokens: too few for a train and a val split')
 os.makedirs(args.out_dir, exist_ok=True)
 ids[:n].tofile(os.path.join(args.out_dir, 'train.bin'))
 ids[n:].tofile(os.path.join(args.out_dir, 'val.bin'))
