@@ -1,6 +1,6 @@
 """
 Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row with residuals, and
-half of them as with the default residual_fraction=0.5: only those rows go through the reference; and half of
+half of them as with residual_fraction=0.5: only those rows go through the reference; and half of
 them, or every row, through the target's own 4-step decoding rollout, as --rollout_steps=4), (b) attention alone:
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
 (c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
