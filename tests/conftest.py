@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -31,6 +32,21 @@ def tiny_ckpt(tiny_reasoning, tmp_path_factory):
                    '--max_iters=20', '--eval_interval=20', '--learning_rate=3e-3')
     assert r.returncode == 0, r.stderr
     return os.path.join(out, 'ckpt.pt')
+
+
+TEST_SECONDS = 60  # a test past this fails at once: no bug can hang the suite (CI: 2 CPU cores)
+
+
+@pytest.fixture(autouse=True)
+def time_limit(request):
+    """Each test (not the session's shared fixtures) gets TEST_SECONDS of wall time."""
+    def stop(signum, frame):
+        raise TimeoutError(f'{request.node.nodeid} ran past {TEST_SECONDS} s')
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(TEST_SECONDS)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
 
 
 # a model small enough that a training run takes seconds on a CPU

@@ -117,3 +117,32 @@ def test_split_val_scores_the_val_file(tiny_reasoning, tiny_ckpt, tmp_path):
     val, test_rows = (sweep(path, str(tmp_path / f'{s}.jsonl'), f'--split={s}', '--n_problems=0') for s in ('val', 'test'))
     assert {(r['split'], r['n'], r['correct']) for r in val} == {('val', 7, 0)}
     assert {(r['split'], r['n']) for r in test_rows} == {('test', len(test))}
+
+
+def test_mean_passes_count_every_problem_once_over_uneven_batches(tiny_reasoning, tiny_ckpt,
+                                                                  monkeypatch):
+    """eval.score's passes per answer, the x-axis of every frontier, against a hand count: a stand-in
+    generate reports as many passes as the prompt has tokens, over batches of 3 problems grouped by
+    prompt length (uneven groups and batches)."""
+    import contextlib
+    import pickle
+
+    import torch
+
+    import engine
+    import eval as ev
+    from sample import Decoding
+    model, meta, tok, _, _ = engine.load_models(tiny_ckpt, '', torch.device('cpu'))
+    meta = dict(meta, dataset=tiny_reasoning)
+    with open(os.path.join(tiny_reasoning, 'test.pkl'), 'rb') as f:
+        problems = pickle.load(f)[:17]
+    lengths = [len(tok.encode(q)) for q, _ in problems]
+    assert len(set(lengths)) > 1
+
+    def counted(model, ids, n, *args):
+        return torch.zeros(len(ids), ids.shape[1] + n, dtype=torch.long), torch.full(
+            (len(ids),), ids.shape[1])
+    monkeypatch.setattr(ev, 'generate', counted)
+    right, passes = ev.score(model, tok, meta, 'test', 17, 3, contextlib.nullcontext(), 'x', Decoding(),
+                             None, None)
+    assert len(right) == 17 and passes == pytest.approx(sum(lengths) / 17)

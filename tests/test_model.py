@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from model import (BlockDiffusionLM, KVCache, ModelConfig, add_noise, attention, diffusion_loss, inference_mask,
-                   loss_weights,
-                   training_mask, training_mask_mod)
+from model import (BlockDiffusionLM, KVCache, ModelConfig, add_noise, apply_rope, attention,
+                   diffusion_loss, inference_mask, loss_weights, training_mask, training_mask_mod)
 
 CPU = torch.device('cpu')
 
@@ -162,3 +161,18 @@ def test_flops_count():
     matmuls = counter.get_flop_counts()['Global'][torch.ops.aten.mm]
     pairs = int(training_mask(32, 8, CPU, False).sum())
     assert model.flops_per_sequence() == matmuls + 12 * cfg.n_embd * cfg.n_layer * pairs
+
+
+def test_rotary_positions_rotate_so_attention_sees_relative_position():
+    model = BlockDiffusionLM(ModelConfig(seq_len=32, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    cos, sin = model.rope_cos, model.rope_sin
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(i, j):  # the attention logit of a query at position i and a key at position j
+        return float((apply_rope(q, cos[i:i + 1], sin[i:i + 1])
+                      * apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum())
+    assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)  # shifted together: the same
+    assert score(0, 0) == pytest.approx(float((q * k).sum()), abs=1e-5)
+    assert abs(score(3, 1) - score(3, 2)) > 1e-3  # but the distance matters
+    rotated = apply_rope(q, cos[5:6], sin[5:6])
+    assert rotated.norm() == pytest.approx(q.norm(), rel=1e-5)  # a rotation keeps the length

@@ -138,3 +138,12 @@ def test_sampling_temperature_on_a_known_distribution(temperature, want):
     want = torch.tensor(want + [0.0]) / sum(want)  # p^(1/T), normalised
     assert torch.allclose(freq, want, atol=0.01) and freq[3] == 0
     assert torch.allclose(conf.flatten(), want[pred.flatten()])  # a committed token's confidence is its p
+
+
+def test_threshold_rule_commits_a_confidence_exactly_at_the_threshold():
+    from sample import Decoding, commit_rule
+    conf = torch.tensor([[0.5, 0.4375, 0.75, -1.0], [0.25, 0.125, 0.25, 0.0]])  # -1: not masked
+    masked = conf >= 0
+    commit = commit_rule(conf, masked, Decoding(threshold=0.5), 1)
+    assert commit[0].tolist() == [True, False, True, False]  # 0.5 >= 0.5 commits, 0.4375 does not
+    assert commit[1].tolist() == [True, False, False, False]  # none reaches it: the most confident
