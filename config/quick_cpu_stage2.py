@@ -1,8 +1,7 @@
-# Stage 2 after the CPU quick start (config/quick_cpu.py): a couple of minutes on 2 CPU cores.
+# Stage 2 after the CPU quick start (config/quick_cpu.py): the README's RCD arm, about a minute.
 out_dir = 'out/quick_cpu_stage2'
 dataset = 'sudoku4'
 init_from = 'out/quick_cpu/ckpt.pt'
-reference_ckpt = 'out/quick_cpu/ckpt.pt'
 device = 'cpu'
 batch_size = 64
 max_iters = 150
