@@ -9,16 +9,17 @@ least one per step). A finished block is run once more to append its keys/values
 = forward passes per answer (denoising steps + cache fills + any pass that seeds a block's first
 step; the prompt's prefill is not counted).
 
-With --use_rcd=True the remasked positions do not go back to plain [MASK]: they carry a residual
-built from this step's predictions into the next step (rcd.py). It works on any checkpoint: a
-stage-2 RCD model was trained to read residuals; a stage-1 model was not (an ablation).
+With --use_rcd=True (the default) the remasked positions do not go back to plain [MASK]: they
+carry a residual built from this step's predictions into the next step (rcd.py). A stage-2 RCD
+model was trained to read residuals; a stage-1 model was not (decode it with --use_rcd=False).
 --alpha_mode=none is exactly the plain sampler. --first_step says what a block's first step reads,
 which has no previous step.
 
-    python sample.py --ckpt=out/stage1/ckpt.pt --prompt='12+34-5=?\\n'
-    python sample.py --ckpt=out/stage2/ckpt.pt --use_rcd=True --threshold=0.99
-On a dataset with answers (sudoku, reasoning) and no --prompt it samples the first test problems and
-says whether each answer is right. Accuracy over a sweep of decoding budgets: eval.py.
+    python sample.py                                          # out/stage2/ckpt.pt, RCD, τ 0.99
+    python sample.py --use_rcd=False                          # the same weights, plain sampler
+    python sample.py --ckpt=out/stage1/ckpt.pt --use_rcd=False --threshold=0   # 1 token/step
+On a dataset with answers (sudoku, reasoning) and no --prompt it samples the first test problems
+and says whether each answer is right. Accuracy over a sweep of decoding budgets: eval.py.
 """
 import itertools
 import math
