@@ -41,8 +41,11 @@ case $MODE in
 esac
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "JOBS='$JOBS' must be a whole number >= 1" >&2; exit 2; }
 [[ $SEEDS =~ ^\ *[0-9]+(\ +[0-9]+)*\ *$ ]] || { echo "SEEDS='$SEEDS' must be seeds, e.g. '1 2 3'" >&2; exit 2; }
-for n in "$ITERS" "$LONG"; do
-  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "STAGE2_ITERS and LONG_ITERS must be >= 1 (got $n)" >&2; exit 2; }
+WARMUP=$([ "$MODE" = gpu ] && echo 50 || echo 5)  # stage 2's warm-up iterations
+for n in "$ITERS" "$LONG"; do  # checked before any work: a bad value must not surface after stage 1
+  [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge "$WARMUP" ] || {
+    echo "STAGE2_ITERS and LONG_ITERS must be whole numbers >= $WARMUP, the warm-up (got $n)" >&2
+    exit 2; }
 done
 arm_flags() {  # what each stage-2 arm trains with; rcd_onpolicy is train_stage2.py's default
   local paper=(--rollout_steps=0 --rollout_plain=0 --alpha_scale=1.0)
