@@ -10,6 +10,7 @@ type are errors that say what was expected; nothing is silently ignored.
 import ast
 import difflib
 import os
+import sys
 
 
 def _fail(msg):
@@ -77,3 +78,15 @@ def configure(config, keys, argv):
     changed = ' '.join(f'{k}={config[k]!r}' for k in keys if config[k] != defaults[k])
     if os.environ.get('RANK', '0') == '0':  # under torchrun, rank 0 speaks for all
         print(f"config: {changed or 'defaults'}")
+
+
+def configure_and_run(main, config):
+    """A script's entry: configure its plain-typed globals from argv, then run main(); Ctrl-C stops
+    it with one line (what it wrote before is whole)."""
+    keys = [k for k, v in config.items()
+            if not k.startswith('_') and type(v) in (int, float, bool, str)]
+    configure(config, keys, sys.argv[1:])
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit('stopped (Ctrl-C)')

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 import common
-from configurator import configure
+from configurator import configure_and_run
 from data.datasets import answer_of, dataset_dir, is_right
 from engine import load_models
 from sample import Decoding, check_decoding, generate
@@ -146,8 +146,9 @@ def setting_of(r):
     rule = f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"τ {r['threshold']}"
     if r.get('use_rcd') and r.get('alpha_scale'):
         n = r['residual_steps']
+        steps = f'in the first {n} steps' if n else 'at every step'
         rule += (f", α × {r['alpha_scale']}, T_res {r['residual_temperature']}, first step "
-                 f"{r['first_step']}, residuals {f'in the first {n} steps' if n else 'at every step'}")
+                 f"{r['first_step']}, residuals {steps}")
     return rule
 
 
@@ -437,10 +438,4 @@ def sweep(settings):
 
 
 if __name__ == '__main__':
-    configure(globals(), [k for k, v in globals().items()
-                          if not k.startswith('_') and type(v) in (int, float, bool, str)],
-              sys.argv[1:])
-    try:
-        main()
-    except KeyboardInterrupt:  # records are appended whole, one line per finished setting
-        raise SystemExit('stopped (Ctrl-C)')
+    configure_and_run(main, globals())

@@ -25,14 +25,13 @@ import itertools
 import math
 import os
 import pickle
-import sys
 from dataclasses import dataclass
 
 import torch
 
 import common
 import engine
-from configurator import configure
+from configurator import configure_and_run
 from data.datasets import answer_of, dataset_dir, is_right
 from rcd import ALPHA_MODES, dirichlet_logits
 
@@ -272,10 +271,4 @@ def main():
 
 
 if __name__ == '__main__':
-    configure(globals(), [k for k, v in globals().items()
-                          if not k.startswith('_') and type(v) in (int, float, bool, str)],
-              sys.argv[1:])
-    try:
-        main()
-    except KeyboardInterrupt:  # records are appended whole, one line per finished setting
-        raise SystemExit('stopped (Ctrl-C)')
+    configure_and_run(main, globals())
