@@ -49,7 +49,8 @@ def check_train_config(c):
         fail(f"lr_decay_iters={c['lr_decay_iters']} must be >= warmup_iters={c['warmup_iters']}")
     if not (0 < c['learning_rate'] < math.inf and 0 <= c['beta1'] < 1 and 0 <= c['beta2'] < 1):
         fail('need a finite learning_rate > 0 and 0 <= beta1, beta2 < 1')
-    if not (c['min_lr'] <= c['learning_rate'] and c['weight_decay'] < math.inf > c['grad_clip']):
+    finite = c['weight_decay'] < math.inf and c['grad_clip'] < math.inf  # False for NaN too
+    if not (c['min_lr'] <= c['learning_rate'] and finite):
         fail('need min_lr <= learning_rate, and a finite weight_decay and grad_clip')
     if not 0 <= c.get('dropout', 0.0) < 1:
         fail(f"dropout={c['dropout']} must be in [0, 1)")
@@ -212,8 +213,9 @@ class RunLog:
             record = json.loads(line)
         except json.JSONDecodeError:
             return False
-        late = start + ('val_loss' not in record if isinstance(record, dict) else 0)
-        return isinstance(record, dict) and record.get('iter', start) < late
+        if not isinstance(record, dict):
+            return False
+        return record.get('iter', start) < start + ('val_loss' not in record)
 
     def write(self, record):
         if self.rank == 0:

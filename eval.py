@@ -197,9 +197,9 @@ def mixture(hull, budget):
 def frontier_scores(val_menu, test_menu, budgets):
     """Each test item's score on the frontier chosen on val, averaged over the budgets (a budget
     that nothing fits scores 0). Their mean is the AUF; two rows' per-item differences pair them."""
-    total = [0.0] * next(iter(test_menu.values()))['n']
+    total, hull = [0.0] * next(iter(test_menu.values()))['n'], upper_hull(val_menu)
     for budget in budgets:
-        for rule, share in mixture(upper_hull(val_menu), budget):
+        for rule, share in mixture(hull, budget):
             for i, right in enumerate(items(test_menu[rule])):
                 total[i] += share * right
     return [s / len(budgets) for s in total]
