@@ -53,13 +53,14 @@ def save_checkpoint(ckpt, path):
         fail(f'could not save the checkpoint ({why}); {kept}')
 
 
-def load_checkpoint(path, stage=None):
+def load_checkpoint(path, stage=None, key='checkpoint'):
     """A checkpoint dict, its tensors verified against the checksum it was saved with (and of the
-    training `stage`, 1 or 2, where given); anything else is one line."""
+    training `stage`, 1 or 2, where given); anything else is one line. `key`: the setting that
+    named the file, for the message."""
     if os.path.isdir(path):
-        fail(f"checkpoint '{path}' is a directory: give the ckpt.pt file in it")
+        fail(f"{key} '{path}' is a directory: give the ckpt.pt file in it")
     if not os.path.isfile(path):
-        fail(f"checkpoint '{path}' not found")
+        fail(f"{key} '{path}' not found")
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception:  # a truncated or foreign file: say so instead of a deep unpickling trace

@@ -199,9 +199,13 @@ class RunLog:
                 os.remove(stale)
         if rank == 0 and start > 0 and os.path.isfile(self.path):  # drop what was logged later
             with open(self.path) as f:
-                kept = [line for line in f if self.kept_on_resume(line, start)]
+                lines = f.readlines()
+            kept = [line for line in lines if self.kept_on_resume(line, start)]
             with open(self.path, 'w') as f:
                 f.writelines(kept)
+            if len(kept) < len(lines):
+                self.say(f'{self.path}: dropped {len(lines) - len(kept)} lines logged after '
+                         f'iteration {start} or damaged')
 
     @staticmethod
     def kept_on_resume(line, start):

@@ -95,11 +95,11 @@ def step_graph(model, cache, b):
 def load_models(ckpt, reference_ckpt, dev):
     """(model, meta, tokenizer, reference or None, training config) from a checkpoint (and a
     reference one)."""
-    state = load_checkpoint(ckpt)
+    state = load_checkpoint(ckpt, key='ckpt')
     model = build_model(state['model_args'], state['model']).to(dev).eval()
     reference = None
     if reference_ckpt:
-        ref_state = load_checkpoint(reference_ckpt)
+        ref_state = load_checkpoint(reference_ckpt, key='reference_ckpt')
         check_compatible(ref_state, state, 'reference_ckpt', 'ckpt')
         reference = build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
     return model, state['meta'], Tokenizer(state['meta']), reference, state.get('config', {})

@@ -113,17 +113,22 @@ def read_records(path, split=None):
     rows = []
     with open(path) as f:
         for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
             try:
-                row = json.loads(line) if line.strip() else None
+                row = json.loads(line)
             except json.JSONDecodeError:
                 common.fail(f'{path}, line {i}: not a JSON record')
-            if row is not None and (not isinstance(row, dict) or not need <= row.keys()):
+            if not isinstance(row, dict) or not need <= row.keys():
                 common.fail(f"{path}, line {i}: not an eval.py record "
                             f"(needs {', '.join(sorted(need))})")
-            if row is not None and split and row['split'] != split:
+            if RULE_KEY.get(str(row['rule'])) not in row:
+                common.fail(f"{path}, line {i}: not an eval.py record (a rule 'static' with "
+                            f"tokens_per_step, or 'threshold' with threshold)")
+            if split and row['split'] != split:
                 common.fail(f"{path}, line {i}: a {row['split']} record where {split} records "
                             f"belong")
-            rows += [row] if row is not None else []
+            rows.append(row)
     if not rows:
         common.fail(f'records file {path} holds no records')
     return rows
@@ -135,11 +140,12 @@ def row_of(r):
     return r['label'] + '_off' if r.get('use_rcd') and r.get('alpha_scale') == 0 else r['label']
 
 
+RULE_KEY = {'static': 'tokens_per_step', 'threshold': 'threshold'}  # each rule's one setting
+
+
 def rule_of(r):
     """A record's commit rule: the menu every row is decoded over alike."""
-    if r['rule'] == 'static':
-        return 'static', r['tokens_per_step']
-    return 'threshold', r['threshold']
+    return r['rule'], r[RULE_KEY[r['rule']]]
 
 
 def setting_of(r):
@@ -224,6 +230,9 @@ def frontiers(test_rows, val_rows, budgets):
     val AUF, chosen once per seed (not per budget); every row must have the same menu of rules."""
     val, test, out = menus(val_rows), menus(test_rows), {}
     grid = {rule for by_knobs in val.values() for menu in by_knobs.values() for rule in menu}
+    for row, seed in sorted(val.keys() - test.keys()):  # a row must not vanish from the tables
+        common.fail(f"row '{row}', seed {seed} has val records but no {test_rows[0]['split']} "
+                    f"records")
     for (row, seed), by_knobs in test.items():
         if (row, seed) not in val:
             common.fail(f"row '{row}', seed {seed} has no val records: nothing chooses its "

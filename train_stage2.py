@@ -109,7 +109,7 @@ else:
     if os.path.isfile(ckpt_path) and not eval_only:
         common.fail(f'{ckpt_path} exists and this run would replace it: continue it with '
                     f'--init_from=resume, or train into a fresh --out_dir')
-    stage1 = load_checkpoint(init_from, stage=1)
+    stage1 = load_checkpoint(init_from, stage=1, key='init_from')
     ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # a fresh optimizer
 if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
     common.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
@@ -119,7 +119,7 @@ if rollout_steps > block_size:
     common.fail(f'rollout_steps={rollout_steps}: a block of {block_size} tokens is decoded in at '
                 f'most {block_size} steps')
 if rollout_steps == 0:
-    ref_ckpt = load_checkpoint(reference_ckpt, stage=1)
+    ref_ckpt = load_checkpoint(reference_ckpt, stage=1, key='reference_ckpt')
     check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
                      keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
     reference = build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval()

@@ -56,6 +56,17 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     assert code == 0 and '| rcd − baseline |' in out and '| rcd_off − baseline |' in out, out
     code, out = run_in_process(['eval.py', f'--report={val}', f'--val={test}'], monkeypatch, capsys)
     assert code != 0 and 'a test record where val records belong' in out
+    with open(test) as f:  # a row in val but not in test must not vanish from the tables
+        lines = f.readlines()
+    (tmp_path / 'no_rcd.jsonl').write_text(''.join(x for x in lines if '"rcd"' not in x))
+    code, out = run_in_process(['eval.py', f'--report={tmp_path / "no_rcd.jsonl"}', f'--val={val}'],
+                               monkeypatch, capsys)
+    assert code != 0 and "row 'rcd', seed 1337 has val records but no test records" in out, out
+    no_rule = {k: v for k, v in json.loads(lines[0]).items() if k != 'tokens_per_step'}
+    (tmp_path / 'no_rule.jsonl').write_text(json.dumps(no_rule) + '\n')
+    code, out = run_in_process(['eval.py', f'--report={tmp_path / "no_rule.jsonl"}', f'--val={val}'],
+                               monkeypatch, capsys)
+    assert code != 0 and "line 1: not an eval.py record (a rule 'static' with tokens_per_step" in out
     pytest.importorskip('matplotlib')
     code, out = run_in_process(['eval.py', f'--plot={test}', f'--val={val}'], monkeypatch, capsys)
     assert code == 0 and os.path.getsize(tmp_path / 'test.png') > 1000, out

@@ -301,7 +301,7 @@ def test_missing_stage1_checkpoint_is_a_clear_error(tiny_reasoning, tmp_path, mo
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, '/no/such/ckpt.pt', '/no/such/ckpt.pt',
                                                  str(tmp_path)))
-    with pytest.raises(SystemExit, match="checkpoint '/no/such/ckpt.pt' not found"):
+    with pytest.raises(SystemExit, match="init_from '/no/such/ckpt.pt' not found"):
         runpy.run_path('train_stage2.py', run_name='__main__')
 
 
