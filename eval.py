@@ -228,6 +228,10 @@ def passes_to_reach(val_menu, test_menu, target):
 def frontiers(test_rows, val_rows, budgets):
     """{(row, seed): (val menu, test menu)}: an RCD row's residual knobs are the ones with the best
     val AUF, chosen once per seed (not per budget); every row must have the same menu of rules."""
+    tasks = {(r.get('dataset'), r.get('data_seed')) for r in test_rows + val_rows}
+    if len(tasks) > 1:
+        common.fail(f'records of {len(tasks)} datasets (dataset, data seed) mixed: '
+                    f'{sorted(tasks, key=str)}; keep one task per records file')
     val, test, out = menus(val_rows), menus(test_rows), {}
     grid = {rule for by_knobs in val.values() for menu in by_knobs.values() for rule in menu}
     for row, seed in sorted(val.keys() - test.keys()):  # a row must not vanish from the tables

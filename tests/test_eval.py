@@ -62,6 +62,11 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     code, out = run_in_process(['eval.py', f'--report={tmp_path / "no_rcd.jsonl"}', f'--val={val}'],
                                monkeypatch, capsys)
     assert code != 0 and "row 'rcd', seed 1337 has val records but no test records" in out, out
+    other = [json.dumps({**json.loads(x), 'dataset': 'sudoku4'}) + '\n' for x in lines[:1]]
+    (tmp_path / 'mixed.jsonl').write_text(''.join(other + lines[1:]))  # another task's record
+    code, out = run_in_process(['eval.py', f'--report={tmp_path / "mixed.jsonl"}', f'--val={val}'],
+                               monkeypatch, capsys)
+    assert code != 0 and 'records of 2 datasets (dataset, data seed) mixed' in out, out
     no_rule = {k: v for k, v in json.loads(lines[0]).items() if k != 'tokens_per_step'}
     (tmp_path / 'no_rule.jsonl').write_text(json.dumps(no_rule) + '\n')
     code, out = run_in_process(['eval.py', f'--report={tmp_path / "no_rule.jsonl"}', f'--val={val}'],
