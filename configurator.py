@@ -81,12 +81,8 @@ def configure(config, keys, argv):
 
 
 def configure_and_run(main, config):
-    """A script's entry: configure its plain-typed globals from argv, then run main(); Ctrl-C stops
-    it with one line (what it wrote before is whole)."""
+    """A script's entry: configure its plain-typed globals from argv, then run main()."""
     keys = [k for k, v in config.items()
             if not k.startswith('_') and type(v) in (int, float, bool, str)]
     configure(config, keys, sys.argv[1:])
-    try:
-        main()
-    except KeyboardInterrupt:
-        raise SystemExit('stopped (Ctrl-C)')
+    main()

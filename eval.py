@@ -21,9 +21,13 @@ import json
 import math
 import os
 import pickle
+import signal
 import sys
 import time
 from dataclasses import replace
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
 
 import torch
 from tqdm import tqdm

@@ -25,7 +25,12 @@ import itertools
 import math
 import os
 import pickle
+import signal
+import sys
 from dataclasses import dataclass
+
+if __name__ == '__main__':  # Ctrl-C while torch loads: one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
 
 import torch
 

@@ -11,8 +11,12 @@ GPU, the 81-digit answer one diffusion block.
 Reads top to bottom: config, device, data, model and optimizer, then the training loop.
 """
 import os
+import signal
 import sys
 from functools import partial
+
+# Ctrl-C while torch loads: one line, not a traceback (common.RunLog takes over later)
+signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP

@@ -18,8 +18,12 @@ Either way no gradient flows through a chain of denoising steps.
 Reads top to bottom: config, device, data, models and optimizer, one RCD training step, the loop.
 """
 import os
+import signal
 import sys
 from functools import partial
+
+# Ctrl-C while torch loads: one line, not a traceback (common.RunLog takes over later)
+signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP

@@ -171,6 +171,19 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tiny_reasoning, tmp
     assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] >= 2 and not (out / 'train.lock').exists()
 
 
+@pytest.mark.parametrize('script', ['eval.py', 'sample.py', 'train_stage1.py', 'train_stage2.py', 'bench.py'])
+def test_ctrl_c_while_torch_loads_is_one_line(script):
+    import signal
+    import subprocess
+    import time
+    p = subprocess.Popen([sys.executable, script, '--device=cpu'], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # past the interpreter's start, inside `import torch` (about a second)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 1 and stderr.strip().endswith('stopped (Ctrl-C)'), stderr
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / 'ckpt.pt')
     ckpt = dict(model={'w': torch.ones(2)}, model_args={}, meta={})
