@@ -253,5 +253,8 @@ for size in sizes.split(','):
         globals()[f'bench_{name}'](size, SIZES[size], ModelConfig(**SIZES[size]['model']))
 
 if out:
-    with open(out, 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in rows)
+    try:
+        with open(out, 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in rows)
+    except OSError as e:  # a disk that filled up while the benchmark ran
+        sys.exit(f'error: could not write --out={out} ({e.strerror}); the table above has the rows')
