@@ -11,7 +11,8 @@
 #                       target itself, alpha = 0: decoding's own states, no residual
 #        rcd_onpolicy   the same states; half the rows also read the rollout's residual (alpha x 0.25)
 #   3. every arm and seed decoded on val and test over the same menu of commit rules; an RCD arm
-#      twice, residual on (its residual cutoff chosen on val) and off (`<arm>_off`);
+#      twice, residual on (its residual cutoff chosen on val) and off (`<arm>_off`). Each job
+#      starts as soon as what it reads exists (JOBS at once), not when a whole phase is done;
 #   4. eval.py --report: each row's AUF, the paired differences, the claim; the plot.
 #
 #   bash config/recipe.sh gpu                     # 44 random blanks, 3 seeds
@@ -71,26 +72,44 @@ DATA=$RUN_DIR/data
 START=$(date +%s)
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/val" "$RUN_DIR/test"
 
-NAMES=(); PIDS=()
-job() {  # job NAME CMD...: CMD in the background (logs/NAME.log), at most JOBS at once
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
-  "${@:2}" > "$RUN_DIR/logs/$1.log" 2>&1 &
-  NAMES+=("$1"); PIDS+=($!)
-}
-join() {  # wait for every job; stop, naming the ones that failed
-  local failed=() i
-  for i in "${!PIDS[@]}"; do wait "${PIDS[$i]}" || failed+=("${NAMES[$i]}"); done
-  NAMES=(); PIDS=()
-  if [ ${#failed[@]} -gt 0 ]; then
-    echo "failed: ${failed[*]} (logs in $RUN_DIR/logs/<name>.log)" >&2; exit 1
-  fi
+# JOBS slots, shared by every background job: a FIFO holds one token per free slot
+mkfifo "$RUN_DIR/.slots" && exec 3<> "$RUN_DIR/.slots" && rm "$RUN_DIR/.slots"
+for _ in $(seq "$JOBS"); do echo >&3; done
+rm -f "$RUN_DIR"/logs/*.failed
+job() {  # job NAME CMD...: CMD in a slot (logs/NAME.log); a failure leaves logs/NAME.failed
+  local rc=0
+  read -r -u 3
+  "${@:2}" > "$RUN_DIR/logs/$1.log" 2>&1 || rc=$?
+  echo >&3
+  [ $rc -eq 0 ] || { touch "$RUN_DIR/logs/$1.failed"; return 1; }
 }
 train() {  # train NAME SCRIPT DIR ARGS...: skip a finished run, resume a cut one
   local dir=$3 resume=()
   [ -f "$dir/DONE" ] && return 0
   [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)
-  job "$1" bash -c 'python "$@" && touch "'"$dir"'/DONE"' _ "$2" "${@:4}" --out_dir="$dir" \
-    "${resume[@]}"
+  job "$1" python "$2" "${@:4}" --out_dir="$dir" "${resume[@]}" && touch "$dir/DONE"
+}
+sweep() {  # sweep ARM SEED SPLIT: the arm's records over the menu, written whole or not at all
+  local out=$RUN_DIR/$3/$1_s$2.jsonl
+  [ -f "$out" ] && return 0
+  rm -f "$out.part"
+  # shellcheck disable=SC2046
+  job "$3_$1_s$2" python eval.py --ckpt="$RUN_DIR/s$2/$1/ckpt.pt" --label="$1" --split="$3" \
+    $(decode_flags "$1") --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
+    --records="$out.part" && mv "$out.part" "$out"
+}
+arm() {  # arm ARM SEED: stage 2, then its val and test sweeps as soon as it is done
+  # shellcheck disable=SC2046
+  train "$1_s$2" train_stage2.py "$RUN_DIR/s$2/$1" "${S2[@]}" --dataset="$DATA" --seed="$2" \
+    --init_from="$RUN_DIR/s$2/stage1/ckpt.pt" --reference_ckpt="$RUN_DIR/s$2/stage1/ckpt.pt" \
+    $(arm_flags "$1") || return 1
+  sweep "$1" "$2" val & sweep "$1" "$2" test & wait
+}
+seed() {  # seed SEED: stage 1, then every arm side by side: nothing waits on another seed
+  train "stage1_s$1" train_stage1.py "$RUN_DIR/s$1/stage1" "${S1[@]}" --dataset="$DATA" \
+    --seed="$1" || return 1
+  for a in $ARMS; do arm "$a" "$1" & done
+  wait
 }
 say() { echo "[$(( $(date +%s) - START )) s] $*"; }
 
@@ -98,26 +117,18 @@ if [ ! -f "$DATA/DONE" ]; then
   python data/sudoku/prepare.py --dig="$DIG" --seed="$DATA_SEED" "${PREP[@]}" --out_dir="$DATA"
   touch "$DATA/DONE"
 fi
-say "stage 1, seeds $SEEDS"
-for s in $SEEDS; do train "stage1_s$s" train_stage1.py "$RUN_DIR/s$s/stage1" "${S1[@]}" \
-  --dataset="$DATA" --seed="$s"; done; join
-say "stage 2: $ARMS"
-for arm in $ARMS; do for s in $SEEDS; do
-  # shellcheck disable=SC2046
-  train "${arm}_s$s" train_stage2.py "$RUN_DIR/s$s/$arm" "${S2[@]}" --dataset="$DATA" --seed="$s" \
-    --init_from="$RUN_DIR/s$s/stage1/ckpt.pt" --reference_ckpt="$RUN_DIR/s$s/stage1/ckpt.pt" \
-    $(arm_flags "$arm")
-done; done; join
-say "val and test: every arm and seed over the same menu"
-for arm in $ARMS; do for split in val test; do for s in $SEEDS; do
-  out=$RUN_DIR/$split/${arm}_s$s.jsonl
-  # a sweep writes to .part and is renamed when whole: a cut sweep starts again
-  # shellcheck disable=SC2046
-  [ -f "$out" ] || job "${split}_${arm}_s$s" bash -c 'rm -f "$1.part" && python "${@:2}" \
-    --records="$1.part" && mv "$1.part" "$1"' _ "$out" eval.py --ckpt="$RUN_DIR/s$s/$arm/ckpt.pt" \
-    --label="$arm" --split="$split" $(decode_flags "$arm") --tokens_per_step_grid="$K" \
-    --threshold_grid="$THRESHOLDS" "${N[@]}"
-done; done; done; join
+say "seeds $SEEDS: stage 1, then arms $ARMS and their val and test sweeps, $JOBS jobs at once"
+for s in $SEEDS; do seed "$s" & done
+wait
+failed=()
+for f in "$RUN_DIR"/logs/*.failed; do
+  if [ -e "$f" ]; then failed+=("$(basename "$f" .failed)"); fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]} (logs in $RUN_DIR/logs/<name>.log); run the same command again to" \
+    "resume" >&2
+  exit 1
+fi
 for split in val test; do cat "$RUN_DIR/$split"/*.jsonl > "$RUN_DIR/$split.jsonl"; done
 
 python eval.py --report="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:' \
