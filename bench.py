@@ -14,13 +14,14 @@ and the sampler's static rule makes the number of forward passes fixed. On CPU a
     python bench.py --sections=train --sizes=tiny --profile=True  # where a training step's time goes
 """
 import json
+import os
 import signal
 import statistics
 import sys
 import time
 
-if __name__ == '__main__':  # Ctrl-C while torch loads: one line, not a traceback
-    signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
+if __name__ == '__main__':  # Ctrl-C while torch loads: quit quietly (until configure())
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
 

@@ -10,6 +10,7 @@ type are errors that say what was expected; nothing is silently ignored.
 import ast
 import difflib
 import os
+import signal
 import sys
 
 
@@ -46,7 +47,9 @@ def _run_file(path):
 
 def configure(config, keys, argv):
     """Apply config files and --key=value flags from argv to the dict `config` (a script's
-    globals), for `keys` only."""
+    globals), for `keys` only. Ctrl-C raises KeyboardInterrupt again from here: each script quits
+    at once on it while torch loads (an exception raised inside torch's import can abort)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     defaults = {k: config[k] for k in keys}
     if '--help' in argv or '-h' in argv:  # what the script does, then every key with its default
         print((config.get('__doc__') or '').strip()
@@ -81,8 +84,12 @@ def configure(config, keys, argv):
 
 
 def configure_and_run(main, config):
-    """A script's entry: configure its plain-typed globals from argv, then run main()."""
+    """A script's entry: configure its plain-typed globals from argv, then run main(); Ctrl-C stops
+    it with one line (what it wrote before is whole)."""
     keys = [k for k, v in config.items()
             if not k.startswith('_') and type(v) in (int, float, bool, str)]
     configure(config, keys, sys.argv[1:])
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit('stopped (Ctrl-C)')

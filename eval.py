@@ -26,8 +26,8 @@ import sys
 import time
 from dataclasses import replace
 
-if __name__ == '__main__':  # Ctrl-C while torch loads: one line, not a traceback
-    signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
+if __name__ == '__main__':  # Ctrl-C while torch loads: quit quietly (until configure())
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
 from tqdm import tqdm

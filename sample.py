@@ -26,11 +26,10 @@ import math
 import os
 import pickle
 import signal
-import sys
 from dataclasses import dataclass
 
-if __name__ == '__main__':  # Ctrl-C while torch loads: one line, not a traceback
-    signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
+if __name__ == '__main__':  # Ctrl-C while torch loads: quit quietly (until configure())
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
 

@@ -22,8 +22,8 @@ import signal
 import sys
 from functools import partial
 
-# Ctrl-C while torch loads: one line, not a traceback (common.RunLog takes over later)
-signal.signal(signal.SIGINT, lambda *_: sys.exit('stopped (Ctrl-C)'))
+# Ctrl-C while torch loads: quit quietly (until configure())
+signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP

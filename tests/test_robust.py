@@ -172,7 +172,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tiny_reasoning, tmp
 
 
 @pytest.mark.parametrize('script', ['eval.py', 'sample.py', 'train_stage1.py', 'train_stage2.py', 'bench.py'])
-def test_ctrl_c_while_torch_loads_is_one_line(script):
+def test_ctrl_c_while_torch_loads_quits_quietly(script):
     import signal
     import subprocess
     import time
@@ -181,7 +181,7 @@ def test_ctrl_c_while_torch_loads_is_one_line(script):
     time.sleep(0.4)  # past the interpreter's start, inside `import torch` (about a second)
     p.send_signal(signal.SIGINT)
     _, stderr = p.communicate(timeout=60)
-    assert p.returncode == 1 and stderr.strip().endswith('stopped (Ctrl-C)'), stderr
+    assert p.returncode == 130 and stderr == '', stderr  # quietly, as a shell's Ctrl-C
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
