@@ -9,39 +9,50 @@
 #                       entropy alpha, every row a residual row
 #        onpolicy       every row starts from a 0-4-step no-grad threshold-decoding rollout of the
 #                       target itself, alpha = 0: decoding's own states, no residual
-#        rcd_onpolicy   the same states; half the rows also read the rollout's residual (alpha x 0.25)
+#        rcd_onpolicy   the same states; half the rows also read the rollout's residual
+#                       (alpha x 0.25)
 #   3. every arm and seed decoded on val and test over the same menu of commit rules; an RCD arm
 #      twice, residual on (its residual cutoff chosen on val) and off (`<arm>_off`). Each job
 #      starts as soon as what it reads exists (JOBS at once), not when a whole phase is done;
 #   4. eval.py --report: each row's AUF, the paired differences, the claim; the plot.
+# Two tasks, side by side in one run: hard (greedy digging, about 55 blanks) and easy (44 random
+# blanks), each with its own data and seeds, in RUN_DIR/hard and RUN_DIR/easy.
 #
-#   bash config/recipe.sh gpu                     # 44 random blanks, 3 seeds
-#   DIG=greedy SEEDS="1 2 3 4 5" bash config/recipe.sh gpu   # about 55 blanks, 5 seeds
+#   bash config/recipe.sh gpu                     # the protocol: hard 5 seeds, easy 3 seeds
+#   EASY_SEEDS= HARD_SEEDS="1 2" bash config/recipe.sh gpu   # the hard task alone, 2 seeds
 #   bash config/recipe.sh cpu                     # 2 CPU cores: a toy of the same pipeline
-# Knobs (environment): DIG [random], SEEDS ["1 2 3" gpu, "1" cpu], DATA_SEED [2026],
-# ARMS [all five], STAGE1_ITERS [2500], STAGE2_ITERS [1000], LONG_ITERS [1730], JOBS [8 gpu, 1 cpu],
-# RUN_DIR. A finished step is skipped and a cut one starts again: a rerun resumes.
+# Knobs (environment): HARD_SEEDS ["1 2 3 4 5" gpu, "" cpu], EASY_SEEDS ["1 2 3" gpu, "1" cpu],
+# DATA_SEED [2026], ARMS [all five], STAGE1_ITERS [2500], STAGE2_ITERS [1000], LONG_ITERS [1730],
+# JOBS [8 gpu, 1 cpu], RUN_DIR. A finished step is skipped and a cut one starts again: a rerun
+# resumes.
 set -euo pipefail
-MODE=${1:-gpu}; DIG=${DIG:-random}; DATA_SEED=${DATA_SEED:-2026}
+MODE=${1:-gpu}; DATA_SEED=${DATA_SEED:-2026}
 ARMS=${ARMS:-baseline baseline_long rcd_paper onpolicy rcd_onpolicy}
 THRESHOLDS=0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.925,0.95,0.97,0.98,0.99,0.995,0.9975,0.999,0.9995
 THRESHOLDS=$THRESHOLDS,0.9998,0.9999,0.99995,0.99998,0.99999
 K=1,2,4,8,16,32
 case $MODE in
-  gpu) SEEDS=${SEEDS-1 2 3}; ITERS=${STAGE2_ITERS:-1000}; LONG=${LONG_ITERS:-1730}; JOBS=${JOBS:-8}
-       S1=(--max_iters="${STAGE1_ITERS:-2500}" --lr_decay_iters="${STAGE1_ITERS:-2500}"); S2=(); N=()
+  gpu) HARD=${HARD_SEEDS-1 2 3 4 5}; EASY=${EASY_SEEDS-1 2 3}; JOBS=${JOBS:-8}
+       ITERS=${STAGE2_ITERS:-1000}; LONG=${LONG_ITERS:-1730}
+       S1=(--max_iters="${STAGE1_ITERS:-2500}" --lr_decay_iters="${STAGE1_ITERS:-2500}")
+       S2=(); N=()
        PREP=() ;;
-  cpu) SEEDS=${SEEDS-1}; ITERS=${STAGE2_ITERS:-40}; LONG=${LONG_ITERS:-69}; JOBS=${JOBS:-1}
+  cpu) HARD=${HARD_SEEDS-}; EASY=${EASY_SEEDS-1}; JOBS=${JOBS:-1}
+       ITERS=${STAGE2_ITERS:-40}; LONG=${LONG_ITERS:-69}
        S1=(--device=cpu --n_layer=2 --n_embd=64 --n_head=2 --batch_size=16 --max_iters=60
            --lr_decay_iters=60 --warmup_iters=5 --eval_interval=60 --eval_iters=2 --log_interval=20)
        S2=(--device=cpu --batch_size=16 --eval_interval=40 --eval_iters=2 --log_interval=20
            --warmup_iters=5)
        N=(--n_problems=40 --batch_size=40); PREP=(--n_train=2000 --n_val=40 --n_test=40)
        THRESHOLDS=0.7,0.99; K=16,32 ;;
-  *) echo "usage: [DIG=random|greedy] bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
+  *) echo "usage: [HARD_SEEDS=...] [EASY_SEEDS=...] bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
 esac
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "JOBS='$JOBS' must be a whole number >= 1" >&2; exit 2; }
-[[ $SEEDS =~ ^\ *[0-9]+(\ +[0-9]+)*\ *$ ]] || { echo "SEEDS='$SEEDS' must be seeds, e.g. '1 2 3'" >&2; exit 2; }
+for seeds in "$HARD" "$EASY"; do
+  [[ $seeds =~ ^\ *([0-9]+(\ +[0-9]+)*)?\ *$ ]] || {
+    echo "HARD_SEEDS / EASY_SEEDS='$seeds' must be seeds, e.g. '1 2 3'" >&2; exit 2; }
+done
+[ -n "${HARD// }${EASY// }" ] || { echo "HARD_SEEDS and EASY_SEEDS are both empty" >&2; exit 2; }
 WARMUP=$([ "$MODE" = gpu ] && echo 50 || echo 5)  # stage 2's warm-up iterations
 for n in "$ITERS" "$LONG"; do  # checked before any work: a bad value must not surface after stage 1
   [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge "$WARMUP" ] || {
@@ -50,12 +61,14 @@ for n in "$ITERS" "$LONG"; do  # checked before any work: a bad value must not s
 done
 arm_flags() {  # what each stage-2 arm trains with; rcd_onpolicy is train_stage2.py's default
   local paper=(--rollout_steps=0 --rollout_plain=0 --alpha_scale=1.0)
+  local iters=(--max_iters="$ITERS" --lr_decay_iters="$ITERS")
+  local long=(--max_iters="$LONG" --lr_decay_iters="$LONG")
   case $1 in
-    baseline) echo --alpha_mode=none "${paper[@]}" --max_iters="$ITERS" --lr_decay_iters="$ITERS" ;;
-    baseline_long) echo --alpha_mode=none "${paper[@]}" --max_iters="$LONG" --lr_decay_iters="$LONG" ;;
-    rcd_paper) echo --alpha_mode=entropy "${paper[@]}" --max_iters="$ITERS" --lr_decay_iters="$ITERS" ;;
-    onpolicy) echo --alpha_mode=none --rollout_plain=0 --max_iters="$ITERS" --lr_decay_iters="$ITERS" ;;
-    rcd_onpolicy) echo --max_iters="$ITERS" --lr_decay_iters="$ITERS" ;;
+    baseline) echo --alpha_mode=none "${paper[@]}" "${iters[@]}" ;;
+    baseline_long) echo --alpha_mode=none "${paper[@]}" "${long[@]}" ;;
+    rcd_paper) echo --alpha_mode=entropy "${paper[@]}" "${iters[@]}" ;;
+    onpolicy) echo --alpha_mode=none --rollout_plain=0 "${iters[@]}" ;;
+    rcd_onpolicy) echo "${iters[@]}" ;;
     *) echo "unknown arm '$1' (arms: baseline baseline_long rcd_paper onpolicy rcd_onpolicy)" >&2
        exit 2 ;;
   esac
@@ -66,74 +79,85 @@ decode_flags() {  # RCD arms decode at their trained alpha scale and at 0 (the `
     rcd_onpolicy) echo --use_rcd=True --alpha_scales=0.25,0 --residual_steps=0,5 ;;
   esac
 }
-for arm in $ARMS; do arm_flags "$arm" > /dev/null; done  # an unknown arm stops here, before any work
-RUN_DIR=${RUN_DIR:-out/recipe_sudoku_${DIG}_$MODE}
-DATA=$RUN_DIR/data
+for arm in $ARMS; do  # an unknown arm stops here, before any work
+  arm_flags "$arm" > /dev/null
+done
+RUN_DIR=${RUN_DIR:-out/recipe_$MODE}
 START=$(date +%s)
-mkdir -p "$RUN_DIR/logs" "$RUN_DIR/val" "$RUN_DIR/test"
+mkdir -p "$RUN_DIR"
 
 # JOBS slots, shared by every background job: a FIFO holds one token per free slot
 mkfifo "$RUN_DIR/.slots" && exec 3<> "$RUN_DIR/.slots" && rm "$RUN_DIR/.slots"
 for _ in $(seq "$JOBS"); do echo >&3; done
-rm -f "$RUN_DIR"/logs/*.failed
-job() {  # job NAME CMD...: CMD in a slot (logs/NAME.log); a failure leaves logs/NAME.failed
+rm -f "$RUN_DIR"/*/logs/*.failed
+job() {  # job TASK NAME CMD...: CMD in a slot (TASK/logs/NAME.log); a failure leaves NAME.failed
   local rc=0
   read -r -u 3
-  "${@:2}" > "$RUN_DIR/logs/$1.log" 2>&1 || rc=$?
+  "${@:3}" > "$1/logs/$2.log" 2>&1 || rc=$?
   echo >&3
-  [ $rc -eq 0 ] || { touch "$RUN_DIR/logs/$1.failed"; return 1; }
+  [ $rc -eq 0 ] || { touch "$1/logs/$2.failed"; return 1; }
 }
-train() {  # train NAME SCRIPT DIR ARGS...: skip a finished run, resume a cut one
-  local dir=$3 resume=()
+train() {  # train TASK NAME SCRIPT DIR ARGS...: skip a finished run, resume a cut one
+  local dir=$4 resume=()
   [ -f "$dir/DONE" ] && return 0
   [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)
-  job "$1" python "$2" "${@:4}" --out_dir="$dir" "${resume[@]}" && touch "$dir/DONE"
+  job "$1" "$2" python "$3" "${@:5}" --out_dir="$dir" "${resume[@]}" && touch "$dir/DONE"
 }
-sweep() {  # sweep ARM SEED SPLIT: the arm's records over the menu, written whole or not at all
-  local out=$RUN_DIR/$3/$1_s$2.jsonl
+sweep() {  # sweep TASK ARM SEED SPLIT: the arm's records over the menu, written whole or not at all
+  local out=$1/$4/$2_s$3.jsonl
   [ -f "$out" ] && return 0
   rm -f "$out.part"
   # shellcheck disable=SC2046
-  job "$3_$1_s$2" python eval.py --ckpt="$RUN_DIR/s$2/$1/ckpt.pt" --label="$1" --split="$3" \
-    $(decode_flags "$1") --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
+  job "$1" "$4_$2_s$3" python eval.py --ckpt="$1/s$3/$2/ckpt.pt" --label="$2" --split="$4" \
+    $(decode_flags "$2") --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
     --records="$out.part" && mv "$out.part" "$out"
 }
-arm() {  # arm ARM SEED: stage 2, then its val and test sweeps as soon as it is done
+arm() {  # arm TASK ARM SEED: stage 2, then its val and test sweeps as soon as it is done
   # shellcheck disable=SC2046
-  train "$1_s$2" train_stage2.py "$RUN_DIR/s$2/$1" "${S2[@]}" --dataset="$DATA" --seed="$2" \
-    --init_from="$RUN_DIR/s$2/stage1/ckpt.pt" --reference_ckpt="$RUN_DIR/s$2/stage1/ckpt.pt" \
-    $(arm_flags "$1") || return 1
-  sweep "$1" "$2" val & sweep "$1" "$2" test & wait
+  train "$1" "$2_s$3" train_stage2.py "$1/s$3/$2" "${S2[@]}" --dataset="$1/data" --seed="$3" \
+    --init_from="$1/s$3/stage1/ckpt.pt" --reference_ckpt="$1/s$3/stage1/ckpt.pt" \
+    $(arm_flags "$2") || return 1
+  sweep "$1" "$2" "$3" val & sweep "$1" "$2" "$3" test & wait
 }
-seed() {  # seed SEED: stage 1, then every arm side by side: nothing waits on another seed
-  train "stage1_s$1" train_stage1.py "$RUN_DIR/s$1/stage1" "${S1[@]}" --dataset="$DATA" \
-    --seed="$1" || return 1
-  for a in $ARMS; do arm "$a" "$1" & done
+seed() {  # seed TASK SEED: stage 1, then every arm side by side: nothing waits on another seed
+  train "$1" "stage1_s$2" train_stage1.py "$1/s$2/stage1" "${S1[@]}" --dataset="$1/data" \
+    --seed="$2" || return 1
+  for a in $ARMS; do arm "$1" "$a" "$2" & done
+  wait
+}
+task() {  # task TASK DIG SEEDS: its data (a data seed of its own), then every seed side by side
+  mkdir -p "$1/logs" "$1/val" "$1/test"
+  if [ ! -f "$1/data/DONE" ]; then
+    job "$1" prepare python data/sudoku/prepare.py --dig="$2" --seed="$DATA_SEED" "${PREP[@]}" \
+      --out_dir="$1/data" || return 1
+    touch "$1/data/DONE"
+  fi
+  for s in $3; do seed "$1" "$s" & done
   wait
 }
 say() { echo "[$(( $(date +%s) - START )) s] $*"; }
 
-if [ ! -f "$DATA/DONE" ]; then
-  python data/sudoku/prepare.py --dig="$DIG" --seed="$DATA_SEED" "${PREP[@]}" --out_dir="$DATA"
-  touch "$DATA/DONE"
-fi
-say "seeds $SEEDS: stage 1, then arms $ARMS and their val and test sweeps, $JOBS jobs at once"
-for s in $SEEDS; do seed "$s" & done
+say "hard: seeds ${HARD:-none}; easy: seeds ${EASY:-none}; arms $ARMS; $JOBS jobs at once"
+TASKS=()
+if [ -n "${HARD// }" ]; then TASKS+=("$RUN_DIR/hard"); task "$RUN_DIR/hard" greedy "$HARD" & fi
+if [ -n "${EASY// }" ]; then TASKS+=("$RUN_DIR/easy"); task "$RUN_DIR/easy" random "$EASY" & fi
 wait
 failed=()
-for f in "$RUN_DIR"/logs/*.failed; do
-  if [ -e "$f" ]; then failed+=("$(basename "$f" .failed)"); fi
+for f in "$RUN_DIR"/*/logs/*.failed; do
+  if [ -e "$f" ]; then failed+=("${f#"$RUN_DIR"/}"); fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "failed: ${failed[*]} (logs in $RUN_DIR/logs/<name>.log); run the same command again to" \
+  echo "failed: ${failed[*]%.failed} (their .log beside them); run the same command again to" \
     "resume" >&2
   exit 1
 fi
-for split in val test; do cat "$RUN_DIR/$split"/*.jsonl > "$RUN_DIR/$split.jsonl"; done
-
-python eval.py --report="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:' \
-  | tee "$RUN_DIR/results.md"
-if python -c 'import matplotlib' 2> /dev/null; then
-  python eval.py --plot="$RUN_DIR/test.jsonl" --val="$RUN_DIR/val.jsonl" | grep -v '^config:'
-fi
-say "recipe (sudoku $DIG, $MODE, seeds $SEEDS) done; tables in $RUN_DIR/results.md"
+for t in "${TASKS[@]}"; do
+  for split in val test; do cat "$t/$split"/*.jsonl > "$t/$split.jsonl"; done
+  echo "## $(basename "$t")"
+  python eval.py --report="$t/test.jsonl" --val="$t/val.jsonl" | grep -v '^config:' \
+    | tee "$t/results.md"
+  if python -c 'import matplotlib' 2> /dev/null; then
+    python eval.py --plot="$t/test.jsonl" --val="$t/val.jsonl" | grep -v '^config:'
+  fi
+done
+say "recipe ($MODE) done; tables in ${TASKS[*]/%//results.md}"
