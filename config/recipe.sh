@@ -23,8 +23,8 @@
 #   bash config/recipe.sh cpu                     # 2 CPU cores: a toy of the same pipeline
 # Knobs (environment): HARD_SEEDS ["1 2 3 4 5" gpu, "" cpu], EASY_SEEDS ["1 2 3" gpu, "1" cpu],
 # DATA_SEED [2026], ARMS [all five], STAGE1_ITERS [2500], STAGE2_ITERS [1000], LONG_ITERS [1730],
-# JOBS [8 gpu, 1 cpu], RUN_DIR. A finished step is skipped and a cut one starts again: a rerun
-# resumes.
+# GPUS [the GPUs nvidia-smi lists, gpu; 0, cpu], JOBS [8 per GPU, gpu; 1, cpu], RUN_DIR. A finished
+# step is skipped and a cut one starts again: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DATA_SEED=${DATA_SEED:-2026}
 ARMS=${ARMS:-baseline baseline_long rcd_paper onpolicy rcd_onpolicy}
@@ -32,12 +32,13 @@ THRESHOLDS=0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.925,0.95,0.97,0.98,0.99,0.995,0.9975,
 THRESHOLDS=$THRESHOLDS,0.9998,0.9999,0.99995,0.99998,0.99999
 K=1,2,4,8,16,32
 case $MODE in
-  gpu) HARD=${HARD_SEEDS-1 2 3 4 5}; EASY=${EASY_SEEDS-1 2 3}; JOBS=${JOBS:-8}
+  gpu) HARD=${HARD_SEEDS-1 2 3 4 5}; EASY=${EASY_SEEDS-1 2 3}
+       GPUS=${GPUS:-$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)}; GPUS=${GPUS:-0}
        ITERS=${STAGE2_ITERS:-1000}; LONG=${LONG_ITERS:-1730}
        S1=(--max_iters="${STAGE1_ITERS:-2500}" --lr_decay_iters="${STAGE1_ITERS:-2500}")
        S2=(); N=()
        PREP=() ;;
-  cpu) HARD=${HARD_SEEDS-}; EASY=${EASY_SEEDS-1}; JOBS=${JOBS:-1}
+  cpu) HARD=${HARD_SEEDS-}; EASY=${EASY_SEEDS-1}; GPUS=0; JOBS=${JOBS:-1}
        ITERS=${STAGE2_ITERS:-40}; LONG=${LONG_ITERS:-69}
        S1=(--device=cpu --n_layer=2 --n_embd=64 --n_head=2 --batch_size=16 --max_iters=60
            --lr_decay_iters=60 --warmup_iters=5 --eval_interval=60 --eval_iters=2 --log_interval=20)
@@ -47,6 +48,8 @@ case $MODE in
        THRESHOLDS=0.7,0.99; K=16,32 ;;
   *) echo "usage: [HARD_SEEDS=...] [EASY_SEEDS=...] bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
 esac
+[[ $GPUS =~ ^[0-9]+$ ]] || { echo "GPUS='$GPUS' must be a whole number >= 0" >&2; exit 2; }
+if [ "$MODE" = gpu ]; then JOBS=${JOBS:-$(( 8 * (GPUS > 0 ? GPUS : 1) ))}; fi
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "JOBS='$JOBS' must be a whole number >= 1" >&2; exit 2; }
 for seeds in "$HARD" "$EASY"; do
   [[ $seeds =~ ^\ *([0-9]+(\ +[0-9]+)*)?\ *$ ]] || {
@@ -86,15 +89,19 @@ RUN_DIR=${RUN_DIR:-out/recipe_$MODE}
 START=$(date +%s)
 mkdir -p "$RUN_DIR"
 
-# JOBS slots, shared by every background job: a FIFO holds one token per free slot
+# JOBS slots, shared by every background job: a FIFO holds one token per free slot, the GPU that
+# slot runs on (round robin over GPUS; empty without GPUs)
 mkfifo "$RUN_DIR/.slots" && exec 3<> "$RUN_DIR/.slots" && rm "$RUN_DIR/.slots"
-for _ in $(seq "$JOBS"); do echo >&3; done
+for i in $(seq 0 $(( JOBS - 1 ))); do
+  if [ "$GPUS" -gt 0 ]; then echo $(( i % GPUS )) >&3; else echo >&3; fi
+done
 rm -f "$RUN_DIR"/*/logs/*.failed
 job() {  # job TASK NAME CMD...: CMD in a slot (TASK/logs/NAME.log); a failure leaves NAME.failed
-  local rc=0
-  read -r -u 3
+  local rc=0 gpu
+  read -r -u 3 gpu
+  if [ -n "$gpu" ]; then export CUDA_VISIBLE_DEVICES=$gpu; fi  # the slot's GPU
   "${@:3}" > "$1/logs/$2.log" 2>&1 || rc=$?
-  echo >&3
+  echo "$gpu" >&3
   [ $rc -eq 0 ] || { touch "$1/logs/$2.failed"; return 1; }
 }
 train() {  # train TASK NAME SCRIPT DIR ARGS...: skip a finished run, resume a cut one
@@ -137,7 +144,8 @@ task() {  # task TASK DIG SEEDS: its data (a data seed of its own), then every s
 }
 say() { echo "[$(( $(date +%s) - START )) s] $*"; }
 
-say "hard: seeds ${HARD:-none}; easy: seeds ${EASY:-none}; arms $ARMS; $JOBS jobs at once"
+say "hard: seeds ${HARD:-none}; easy: seeds ${EASY:-none}; arms $ARMS; $JOBS jobs at once" \
+  "on $GPUS GPUs"
 TASKS=()
 if [ -n "${HARD// }" ]; then TASKS+=("$RUN_DIR/hard"); task "$RUN_DIR/hard" greedy "$HARD" & fi
 if [ -n "${EASY// }" ]; then TASKS+=("$RUN_DIR/easy"); task "$RUN_DIR/easy" random "$EASY" & fi
