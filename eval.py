@@ -126,6 +126,10 @@ def read_records(path, split=None):
             if not isinstance(row, dict) or not need <= row.keys():
                 common.fail(f"{path}, line {i}: not an eval.py record "
                             f"(needs {', '.join(sorted(need))})")
+            if not (isinstance(row['items'], str) and set(row['items']) <= set('01')
+                    and type(row['mean_passes']) in (int, float)):
+                common.fail(f"{path}, line {i}: not an eval.py record (items: a string of 0s "
+                            f"and 1s; mean_passes: a number)")
             if RULE_KEY.get(str(row['rule'])) not in row:
                 common.fail(f"{path}, line {i}: not an eval.py record (a rule 'static' with "
                             f"tokens_per_step, or 'threshold' with threshold)")
@@ -366,8 +370,8 @@ def numbers(text, name, kind):
 def main():
     """The tables from records (--report, --plot), or else a sweep that writes them."""
     budget_list = sorted(numbers(budgets, 'budgets', float))
-    if not budget_list or budget_list[0] < 1:
-        common.fail(f"budgets='{budgets}' must be passes per answer, each >= 1")
+    if not budget_list or not all(1 <= b < math.inf for b in budget_list):
+        common.fail(f"budgets='{budgets}' must be passes per answer, each >= 1 and finite")
     if report or plot:
         if not val:
             common.fail('each row chooses its settings on val: give --val=VAL_RECORDS')

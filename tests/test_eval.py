@@ -72,6 +72,10 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     code, out = run_in_process(['eval.py', f'--report={tmp_path / "no_rule.jsonl"}', f'--val={val}'],
                                monkeypatch, capsys)
     assert code != 0 and "line 1: not an eval.py record (a rule 'static' with tokens_per_step" in out
+    (tmp_path / 'no_items.jsonl').write_text(json.dumps({**json.loads(lines[0]), 'items': 5}) + '\n')
+    code, out = run_in_process(['eval.py', f'--report={tmp_path / "no_items.jsonl"}', f'--val={val}'],
+                               monkeypatch, capsys)
+    assert code != 0 and 'line 1: not an eval.py record (items: a string of 0s and 1s' in out
     pytest.importorskip('matplotlib')
     code, out = run_in_process(['eval.py', f'--plot={test}', f'--val={val}'], monkeypatch, capsys)
     assert code == 0 and os.path.getsize(tmp_path / 'test.png') > 1000, out
@@ -94,6 +98,7 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     (['--plot=/no/such/records.jsonl', '--val=/no/such/val.jsonl'], "records file '/no/such/records.jsonl' not found"),
     (['--report=/no/such/records.jsonl'], 'give --val=VAL_RECORDS'),
     (['--budgets=0,3'], 'each >= 1'),
+    (['--budgets=3,nan'], 'each >= 1 and finite'),
 ])
 def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message, monkeypatch, capsys):
     code, out = run_in_process(['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', *args], monkeypatch, capsys)
