@@ -41,6 +41,8 @@ def check_train_config(c):
     for key, low in least.items():
         if c[key] < low:
             fail(f'{key}={c[key]} must be >= {low}')
+    if c['seed'] >= 2**32:  # micro-batch seeds are built from it and must fit in 64 bits
+        fail(f"seed={c['seed']} must be below 2**32")
     if not c['out_dir']:
         fail('out_dir is empty: name a directory for the checkpoint and log')
     if os.path.exists(c['out_dir']) and not os.path.isdir(c['out_dir']):

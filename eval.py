@@ -396,9 +396,9 @@ def sweep_settings():
         common.fail("reference_ckpt is read only by first_steps 'reference'")
     if split not in ('val', 'test'):
         common.fail(f"split='{split}' must be 'val' or 'test'")
-    if n_problems < 0 or batch_size < 1:
-        common.fail(f'need n_problems >= 0 (0 = all) and batch_size >= 1 '
-                    f'(got {n_problems}, {batch_size})')
+    if n_problems < 0 or batch_size < 1 or not 0 <= seed < 2**32:
+        common.fail(f'need n_problems >= 0 (0 = all), batch_size >= 1 and 0 <= seed < 2**32 '
+                    f'(got {n_problems}, {batch_size}, {seed})')
     if not use_rcd and (alpha_scales, residual_temperatures, residual_steps) != ('1.0', '1.0', '0'):
         common.fail('alpha_scales, residual_temperatures and residual_steps sweep RCD: '
                     'use them with --use_rcd=True')

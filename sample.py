@@ -84,8 +84,9 @@ class Decoding:
     def problem(self):
         """What is wrong with these settings, in one line, or None."""
         if self.tokens_per_step < 1 or not 0.0 <= self.threshold <= 1.0 or \
-                not 0 <= self.temperature < math.inf:
-            return 'need tokens_per_step >= 1, 0 <= threshold <= 1 and a finite temperature >= 0'
+                not (self.temperature == 0 or 1e-3 <= self.temperature < math.inf):
+            return ('need tokens_per_step >= 1, 0 <= threshold <= 1 and a temperature of 0 '
+                    '(greedy) or finite and >= 1e-3')
         if not (1e-3 <= self.residual_temperature < math.inf and 0 <= self.alpha_scale < math.inf
                 and 0 <= self.alpha_constant <= 1 and self.residual_steps >= 0):
             return ('need 1e-3 <= residual_temperature and alpha_scale >= 0 both finite, '
@@ -228,8 +229,8 @@ def main():
     dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant,
                    alpha_scale, residual_temperature, first_step, residual_steps)
     check_decoding(dec, reference_ckpt)
-    if not (1 <= num_samples <= 1000 and max_new_tokens >= 0 and seed >= 0):
-        common.fail(f'need 1 <= num_samples <= 1000, max_new_tokens >= 0 and seed >= 0 '
+    if not (1 <= num_samples <= 1000 and max_new_tokens >= 0 and 0 <= seed < 2**32):
+        common.fail(f'need 1 <= num_samples <= 1000, max_new_tokens >= 0 and 0 <= seed < 2**32 '
                     f'(got {num_samples}, {max_new_tokens}, {seed}); eval.py scores whole splits')
     torch.manual_seed(seed)
     dev, autocast = common.setup_device(device, dtype)

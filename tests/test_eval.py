@@ -99,6 +99,7 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     (['--report=/no/such/records.jsonl'], 'give --val=VAL_RECORDS'),
     (['--budgets=0,3'], 'each >= 1'),
     (['--budgets=3,nan'], 'each >= 1 and finite'),
+    (['--seed=99999999999999999999'], '0 <= seed < 2**32'),
 ])
 def test_bad_eval_input_is_a_clear_error(tiny_ckpt, args, message, monkeypatch, capsys):
     code, out = run_in_process(['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', *args], monkeypatch, capsys)

@@ -109,6 +109,8 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
          'trained with other settings: n_layer 5 (was 2)'),
         (stage1_args(tiny_reasoning, ckpt_dir, '--eval_only=True'), 1, 'score fresh weights'),
         (stage1_args(tiny_reasoning, tmp_path / 's', '--seed=-1'), 1, 'seed=-1 must be >= 0'),
+        (stage1_args(tiny_reasoning, tmp_path / 's', '--seed=4294967296'), 1, 'must be below 2**32'),
+        (['sample.py', f'--ckpt={tiny_ckpt}', '--temperature=1e-40'], 1, 'finite and >= 1e-3'),
         (stage1_args(tiny_reasoning, '', '--max_iters=1'), 1, 'out_dir is empty'),
         (stage1_args(tiny_reasoning, tmp_path / 'n', '--learning_rate=nan'), 1, 'finite learning_rate'),
         (['train_stage2.py', '--device=cpu', f'--dataset={tiny_reasoning}', '--init_from=resume',
