@@ -43,6 +43,8 @@ out = ''                         # also write the rows as JSON lines to this fil
 profile = False                  # also print the kernels that take each training step's time (torch.profiler)
 configure(globals(), ['sizes', 'sections', 'warmup', 'repeats', 'compile', 'device', 'out', 'profile'], sys.argv[1:])
 # -----------------------------------------------------------------------------------------------------------------
+if warmup < 0 or repeats < 1:
+    sys.exit(f'error: need warmup >= 0 and repeats >= 1 (got {warmup}, {repeats})')
 if out:  # before the benchmark: its rows must not be lost to an unwritable path at the end
     try:
         open(out, 'a').close()

@@ -133,6 +133,7 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
         (['train_stage2.py', '--rollout_steps=0'], 1, 'with --rollout_steps=0 set --rollout_plain=0'),
         (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--n_problems=-1'], 1, 'need n_problems >= 0'),
         (['bench.py', '--sizes=nosuch'], 1, 'unknown size or section: nosuch'),
+        (['bench.py', '--repeats=0'], 1, 'need warmup >= 0 and repeats >= 1'),
         (['bench.py', '--sections=bogus'], 1, 'unknown size or section: bogus'),
         (['data/sudoku/prepare.py', f'--out_dir={a_file}'], 2, 'is a file, not a directory'),
         (['data/reasoning/prepare.py', f'--out_dir={a_file}'], 2, 'is a file, not a directory'),
