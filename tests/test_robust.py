@@ -187,6 +187,22 @@ def test_ctrl_c_while_torch_loads_quits_quietly(script):
     assert p.returncode == 130 and stderr == '', stderr  # quietly, as a shell's Ctrl-C
 
 
+@pytest.mark.parametrize('env,message', [
+    ({'EASY_SEEDS': ''}, 'HARD_SEEDS and EASY_SEEDS are both empty'),
+    ({'EASY_SEEDS': '1,2'}, "EASY_SEEDS='1,2' must be seeds"),
+    ({'JOBS': '0'}, "JOBS='0' must be a whole number >= 1"),
+    ({'GPUS': 'x'}, "GPUS='x' must be a whole number >= 0"),
+    ({'STAGE2_ITERS': '3'}, 'must be whole numbers >= 5, the warm-up (got 3)'),
+    ({'ARMS': 'baseline nosuch'}, "unknown arm 'nosuch'"),
+])
+def test_bad_recipe_settings_stop_before_any_work(env, message, tmp_path):
+    import subprocess
+    r = subprocess.run(['bash', 'config/recipe.sh', 'gpu' if 'GPUS' in env else 'cpu'], cwd=ROOT,
+                       env={**os.environ, 'RUN_DIR': str(tmp_path / 'run'), **env},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr and not (tmp_path / 'run').exists(), r.stderr
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / 'ckpt.pt')
     ckpt = dict(model={'w': torch.ones(2)}, model_args={}, meta={})
