@@ -48,7 +48,7 @@ case $MODE in
        THRESHOLDS=0.7,0.99; K=16,32 ;;
   *) echo "usage: [HARD_SEEDS=...] [EASY_SEEDS=...] bash config/recipe.sh gpu|cpu" >&2; exit 2 ;;
 esac
-[[ $GPUS =~ ^[0-9]+$ ]] || { echo "GPUS='$GPUS' must be a whole number >= 0" >&2; exit 2; }
+[[ $GPUS =~ ^([0-9]|10)$ ]] || { echo "GPUS='$GPUS' must be a whole number 0..10" >&2; exit 2; }
 if [ "$MODE" = gpu ]; then JOBS=${JOBS:-$(( 8 * (GPUS > 0 ? GPUS : 1) ))}; fi
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "JOBS='$JOBS' must be a whole number >= 1" >&2; exit 2; }
 for seeds in "$HARD" "$EASY"; do
@@ -90,18 +90,19 @@ START=$(date +%s)
 mkdir -p "$RUN_DIR"
 
 # JOBS slots, shared by every background job: a FIFO holds one token per free slot, the GPU that
-# slot runs on (round robin over GPUS; empty without GPUs)
+# slot runs on (round robin over GPUS; '-' without GPUs). One character each: concurrent readers
+# of a FIFO would interleave the bytes of longer tokens
 mkfifo "$RUN_DIR/.slots" && exec 3<> "$RUN_DIR/.slots" && rm "$RUN_DIR/.slots"
 for i in $(seq 0 $(( JOBS - 1 ))); do
-  if [ "$GPUS" -gt 0 ]; then echo $(( i % GPUS )) >&3; else echo >&3; fi
+  if [ "$GPUS" -gt 0 ]; then printf %s $(( i % GPUS )) >&3; else printf %s - >&3; fi
 done
 rm -f "$RUN_DIR"/*/logs/*.failed
 job() {  # job TASK NAME CMD...: CMD in a slot (TASK/logs/NAME.log); a failure leaves NAME.failed
   local rc=0 gpu
-  read -r -u 3 gpu
-  if [ -n "$gpu" ]; then export CUDA_VISIBLE_DEVICES=$gpu; fi  # the slot's GPU
-  "${@:3}" > "$1/logs/$2.log" 2>&1 || rc=$?
-  echo "$gpu" >&3
+  read -r -n 1 -u 3 gpu
+  local dev=${gpu#-}  # the slot's GPU, or none
+  env ${dev:+CUDA_VISIBLE_DEVICES="$dev"} "${@:3}" > "$1/logs/$2.log" 2>&1 || rc=$?
+  printf %s "$gpu" >&3
   [ $rc -eq 0 ] || { touch "$1/logs/$2.failed"; return 1; }
 }
 train() {  # train TASK NAME SCRIPT DIR ARGS...: skip a finished run, resume a cut one

@@ -191,7 +191,7 @@ def test_ctrl_c_while_torch_loads_quits_quietly(script):
     ({'EASY_SEEDS': ''}, 'HARD_SEEDS and EASY_SEEDS are both empty'),
     ({'EASY_SEEDS': '1,2'}, "EASY_SEEDS='1,2' must be seeds"),
     ({'JOBS': '0'}, "JOBS='0' must be a whole number >= 1"),
-    ({'GPUS': 'x'}, "GPUS='x' must be a whole number >= 0"),
+    ({'GPUS': 'x'}, "GPUS='x' must be a whole number 0..10"),
     ({'STAGE2_ITERS': '3'}, 'must be whole numbers >= 5, the warm-up (got 3)'),
     ({'ARMS': 'baseline nosuch'}, "unknown arm 'nosuch'"),
 ])
