@@ -12,8 +12,8 @@
 #        rcd_onpolicy   the same states; half the rows also read the rollout's residual
 #                       (alpha x 0.25)
 #   3. every arm and seed decoded on val and test over the same menu of commit rules; an RCD arm
-#      twice, residual on (its residual cutoff chosen on val) and off (`<arm>_off`). Each job
-#      starts as soon as what it reads exists (JOBS at once), not when a whole phase is done;
+#      twice, residual on (the paper's decoding: a residual at every step) and off (`<arm>_off`).
+#      Each job starts as soon as what it reads exists (JOBS at once), not when a phase is done;
 #   4. eval.py --report: each row's AUF, the paired differences, the claim; the plot.
 # Two tasks, side by side in one run: hard (greedy digging, about 55 blanks) and easy (44 random
 # blanks), each with its own data and seeds, in RUN_DIR/hard and RUN_DIR/easy.
@@ -78,8 +78,8 @@ arm_flags() {  # what each stage-2 arm trains with; rcd_onpolicy is train_stage2
 }
 decode_flags() {  # RCD arms decode at their trained alpha scale and at 0 (the `_off` row)
   case $1 in
-    rcd_paper) echo --use_rcd=True --alpha_scales=1.0,0 --residual_steps=0,5 ;;
-    rcd_onpolicy) echo --use_rcd=True --alpha_scales=0.25,0 --residual_steps=0,5 ;;
+    rcd_paper) echo --use_rcd=True --alpha_scales=1.0,0 ;;
+    rcd_onpolicy) echo --use_rcd=True --alpha_scales=0.25,0 ;;
   esac
 }
 for arm in $ARMS; do  # an unknown arm stops here, before any work
@@ -98,11 +98,13 @@ for i in $(seq 0 $(( JOBS - 1 ))); do
 done
 rm -f "$RUN_DIR"/*/logs/*.failed
 job() {  # job TASK NAME CMD...: CMD in a slot (TASK/logs/NAME.log); a failure leaves NAME.failed
-  local rc=0 gpu
+  local rc=0 gpu t0
   read -r -n 1 -u 3 gpu
   local dev=${gpu#-}  # the slot's GPU, or none
+  t0=$(date +%s)
   env ${dev:+CUDA_VISIBLE_DEVICES="$dev"} "${@:3}" > "$1/logs/$2.log" 2>&1 || rc=$?
   printf %s "$gpu" >&3
+  echo "$2 $(( t0 - START )) $(( $(date +%s) - START ))" >> "$1/logs/times.txt"  # start, end (s)
   [ $rc -eq 0 ] || { touch "$1/logs/$2.failed"; return 1; }
 }
 train() {  # train TASK NAME SCRIPT DIR ARGS...: skip a finished run, resume a cut one
