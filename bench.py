@@ -29,7 +29,7 @@ import common
 import rcd
 from configurator import configure
 from model import (BlockDiffusionLM, ModelConfig, add_noise, attention, inference_mask, loss_weights,
-                   training_mask, uses_flex)
+                   training_len, training_mask, uses_flex)
 from sample import Decoding, generate
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def bench_train(size, spec, cfg):
 
 
 def bench_attention(size, spec, cfg):
-    """Training attention (2L) fwd+bwd: FlexAttention, SDPA with the dense mask, causal SDPA;
+    """Training attention (2L - B tokens) fwd+bwd: FlexAttention, SDPA with the dense mask, causal SDPA;
     and the sampler's attention of one block against the cache."""
     L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
     H, D = cfg.n_head, cfg.n_embd // cfg.n_head
@@ -202,10 +202,11 @@ def bench_attention(size, spec, cfg):
         variants = {'flex': lambda q, k, v: attention(q, k, v, block_mask)} if cuda else {}
         variants.update(sdpa_dense_mask=lambda q, k, v: sdpa(q, k, v, attn_mask=dense),
                         sdpa_causal=lambda q, k, v: sdpa(q, k, v, is_causal=True))
-        t = {name: timed(fwd_bwd(fn, 2 * n), warmup, repeats) for name, fn in variants.items()}
+        t = {name: timed(fwd_bwd(fn, training_len(n, B)), warmup, repeats)
+             for name, fn in variants.items()}
         row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
             **({'flex_over_causal': t['flex'] / t['sdpa_causal']} if cuda else {}),
-            model_uses='flex' if uses_flex(2 * n, dev) else 'sdpa_dense_mask')
+            model_uses='flex' if uses_flex(training_len(n, B), dev) else 'sdpa_dense_mask')
         # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
         # (all visible here) vs SDPA with no mask at all, the lower bound
         q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)

@@ -4,11 +4,11 @@ A block-diffusion language model in one file (SDAR / BD3-LM family).
 A bidirectional transformer whose attention is block-causal: token i sees token j iff
 j // B <= i // B, with B the diffusion block size. It is a denoiser, not a next-token predictor:
 the output at position i predicts the clean token at position i. Training reads the noised
-sequence x_t and the clean sequence x_0 side by side (length 2L) so that one pass denoises every
-block against its clean prefix; inference denoises one block at a time against a KV cache of
-finished blocks. The file reads: config, attention masks, the transformer, the training
-objective, and last the attention backend (FlexAttention or SDPA, both driven by the same mask
-predicate).
+sequence x_t and the clean sequence x_0 side by side (length 2L - B: x_0's last block is no
+block's context) so that one pass denoises every block against its clean prefix; inference
+denoises one block at a time against a KV cache of finished blocks. The file reads: config,
+attention masks, the transformer, the training objective, and last the attention backend
+(FlexAttention or SDPA, both driven by the same mask predicate).
 """
 import functools
 import math
@@ -50,6 +50,12 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------------
 # Attention masks. Each is one predicate (b, h, q, kv) -> bool over tensors, used by FlexAttention
 # as a mask_mod and evaluated on a grid of (query, key) positions to get SDPA's dense boolean mask.
+
+def training_len(seq_len, block_size):
+    """Tokens of the training input x_t ⊕ x_0: x_0's last block is left out, as no block of x_t
+    reads it."""
+    return 2 * seq_len - block_size
+
 
 def training_mask_mod(seq_len, block_size):
     """x_t (positions < L) sees its own noised block and the clean earlier blocks; x_0 is
@@ -182,15 +188,15 @@ class BlockDiffusionLM(nn.Module):
 
     def forward(self, x_t, x0=None, delta=None, cache=None, loss_weights=None):
         """Logits (b, n, V) for the tokens x_t (b, n); with loss_weights (training), the diffusion
-        loss instead. Training (x0 given, n = L): reads x_t ⊕ x0 under training_mask_mod; both
-        halves use positions 0..L-1. Inference (no x0): x_t is a chunk of whole blocks that starts
-        where `cache` ends (at 0 without a cache); it attends to the cache and, block-causally, to
-        itself. Its keys/values are written at the cache's end and stay there only if the caller
-        then calls cache.advance(n) (the next chunk overwrites them otherwise). delta (b, n, d),
-        optional: added to x_t's input embeddings (the hook RCD injects residuals through).
-        loss_weights (b, n), optional: per-token weights of the cross-entropy against x0 (see
-        loss_weights()); the loss is computed here so that torch.compile fuses it with the output
-        head (and DDP sees one forward)."""
+        loss instead. Training (x0 given, n = L): reads x_t ⊕ x0 (without x0's last block) under
+        training_mask_mod; both halves use positions from 0. Inference (no x0): x_t is a chunk of
+        whole blocks that starts where `cache` ends (at 0 without a cache); it attends to the cache
+        and, block-causally, to itself. Its keys/values are written at the cache's end and stay
+        there only if the caller then calls cache.advance(n) (the next chunk overwrites them
+        otherwise). delta (b, n, d), optional: added to x_t's input embeddings (the hook RCD
+        injects residuals through). loss_weights (b, n), optional: per-token weights of the
+        cross-entropy against x0 (see loss_weights()); the loss is computed here so that
+        torch.compile fuses it with the output head (and DDP sees one forward)."""
         b, n = x_t.shape
         start = cache.length if cache is not None else 0
         limit = self.cfg.seq_len if cache is None else min(self.cfg.seq_len, cache.max_len)
@@ -198,15 +204,16 @@ class BlockDiffusionLM(nn.Module):
             raise ValueError(f'positions {start}..{start + n - 1} exceed the context of {limit} '
                              f'positions (seq_len={self.cfg.seq_len})')
         if x0 is not None:
-            mask = training_mask(n, self.cfg.block_size, x_t.device, uses_flex(2 * n, x_t.device))
-            pos = torch.arange(n, device=x_t.device).repeat(2)
+            n_all = training_len(n, self.cfg.block_size)
+            mask = training_mask(n, self.cfg.block_size, x_t.device, uses_flex(n_all, x_t.device))
+            pos = torch.arange(n_all, device=x_t.device) % n
         else:  # positions from the cache's device-side start: the code a replayed CUDA graph runs
             pos = torch.arange(n, device=x_t.device) + (cache.start if cache is not None else 0)
             n_kv = cache.max_len if cache is not None else n
             mask = inference_mask(pos, n_kv, self.cfg.block_size)
         h = self.wte(x_t) if delta is None else self.wte(x_t) + delta.to(self.wte.weight.dtype)
         if x0 is not None:
-            h = torch.cat((h, self.wte(x0)), dim=1)
+            h = torch.cat((h, self.wte(x0[:, :n_all - n])), dim=1)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         for layer in self.layers:
             h = layer(h, pos, cos, sin, mask, cache)
@@ -222,14 +229,15 @@ class BlockDiffusionLM(nn.Module):
 
     def flops_per_sequence(self):
         """Useful FLOPs of one training sequence, forward + backward (the x_t ⊕ x0 layout, counted
-        honestly): 6 FLOPs per parameter per token for the 2L tokens through the transformer body,
-        the output head on the L tokens of x_t only, and 12·d FLOPs per layer for each (query, key)
-        pair the mask allows: L·(L + B) pairs, about a quarter of the (2L)² grid."""
+        honestly): 6 FLOPs per parameter per token for the 2L - B tokens through the transformer
+        body, the output head on the L tokens of x_t only, and 12·d FLOPs per layer for each
+        (query, key) pair the mask allows: L² pairs, about a quarter of the grid."""
         c, L = self.cfg, self.cfg.seq_len
         body = 12 * c.n_layer * c.n_embd ** 2
         head = c.vocab_size * c.n_embd
-        pairs = L * (L + c.block_size)
-        return 6 * body * 2 * L + 6 * head * L + 12 * c.n_layer * c.n_embd * pairs
+        pairs = L * L
+        return 6 * body * training_len(L, c.block_size) + 6 * head * L \
+            + 12 * c.n_layer * c.n_embd * pairs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,20 +275,21 @@ def diffusion_loss(logits, x0, weights):
 # SDPA with the dense mask everywhere else. Both read the same predicate; results/PERFORMANCE.md has
 # the timings behind the switch.
 
-FLEX_MIN_TOKENS = 2048  # shorter training inputs (2L tokens) use SDPA: measured as fast or faster
+FLEX_MIN_TOKENS = 2048  # shorter training inputs (2L - B tokens) use SDPA: measured as fast
 
 
 def uses_flex(n_tokens, device):
-    """Whether the training attention over n_tokens = 2L tokens is FlexAttention (else SDPA with
-    the dense mask)."""
+    """Whether the training attention over n_tokens = 2L - B tokens is FlexAttention (else SDPA
+    with the dense mask)."""
     return device.type == 'cuda' and n_tokens >= FLEX_MIN_TOKENS
 
 
 @torch.compiler.disable  # built eagerly, once per shape, outside any compiled graph
 @functools.lru_cache(maxsize=None)
 def training_mask(seq_len, block_size, device, use_flex):
-    """The 2L x 2L training mask: a FlexAttention BlockMask (CUDA) or a dense bool tensor (CPU)."""
-    mod, n = training_mask_mod(seq_len, block_size), 2 * seq_len
+    """The training mask over the 2L - B positions: a FlexAttention BlockMask (CUDA) or a dense
+    bool tensor (CPU)."""
+    mod, n = training_mask_mod(seq_len, block_size), training_len(seq_len, block_size)
     if use_flex:
         return create_block_mask(mod, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
     pos = torch.arange(n, device=device)

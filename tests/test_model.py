@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from model import (BlockDiffusionLM, KVCache, ModelConfig, add_noise, apply_rope, attention,
-                   diffusion_loss, inference_mask, loss_weights, training_mask, training_mask_mod)
+                   diffusion_loss, inference_mask, loss_weights, training_len, training_mask,
+                   training_mask_mod)
 
 CPU = torch.device('cpu')
 
@@ -21,8 +22,9 @@ def tiny_model(**kw):
 @pytest.mark.parametrize('L,B', [(12, 4), (16, 16), (8, 1), (24, 8)])
 def test_training_mask_matches_spec(L, B):
     mask = training_mask(L, B, CPU, False)
-    for q in range(2 * L):
-        for k in range(2 * L):
+    assert mask.shape == (2 * L - B, 2 * L - B)  # x_0's last block is no x_t block's context
+    for q in range(2 * L - B):
+        for k in range(2 * L - B):
             q_clean, k_clean = q >= L, k >= L
             bq, bk = (q % L) // B, (k % L) // B
             if not q_clean and not k_clean:
@@ -34,7 +36,7 @@ def test_training_mask_matches_spec(L, B):
             else:
                 want = False             # x_0 never sees x_t
             assert bool(mask[q, k]) == want, (q, k)
-    assert mask.float().sum() == L * (L + B)  # the pair count flops_per_sequence() assumes
+    assert mask.float().sum() == L * L  # the pair count flops_per_sequence() assumes
 
 
 @pytest.mark.parametrize('n_q,offset,n_kv,B', [(12, 0, 12, 4), (4, 8, 12, 4), (4, 8, 24, 4), (5, 0, 5, 1), (6, 3, 15, 3)])
@@ -54,7 +56,7 @@ def test_block_size_one_is_causal():
     assert torch.equal(inference_mask(torch.arange(10), 10, 1), torch.ones(10, 10, dtype=torch.bool).tril())
     m = training_mask(6, 1, CPU, False)
     assert torch.equal(m[:6, :6], torch.eye(6, dtype=torch.bool))              # x_t token sees only itself ...
-    assert torch.equal(m[:6, 6:], torch.ones(6, 6, dtype=torch.bool).tril(-1))  # ... and the clean strict prefix
+    assert torch.equal(m[:6, 6:], torch.ones(6, 5, dtype=torch.bool).tril(-1))  # ... and the clean strict prefix
 
 
 @pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
@@ -63,12 +65,13 @@ def test_block_size_one_is_causal():
 def test_flex_attention_agrees_with_sdpa(device):
     L, B = 64, 8
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 2 * L, 16, device=device) for _ in range(3))
+    n = training_len(L, B)
+    q, k, v = (torch.randn(2, 2, n, 16, device=device) for _ in range(3))
     dense = F.scaled_dot_product_attention(q, k, v, attn_mask=training_mask(L, B, torch.device(device), False))
     if device == 'cuda':  # the model's own path: compiled FlexAttention with the cached BlockMask
         flex = attention(q, k, v, training_mask(L, B, torch.device(device), True))
     else:  # FlexAttention runs (unfused) on CPU too: the same predicate drives both back ends
-        flex = flex_attention(q, k, v, block_mask=create_block_mask(training_mask_mod(L, B), None, None, 2 * L, 2 * L,
+        flex = flex_attention(q, k, v, block_mask=create_block_mask(training_mask_mod(L, B), None, None, n, n,
                                                                     device='cpu'))
     assert torch.allclose(flex, dense, atol=2e-5 if device == 'cpu' else 2e-3)
 
