@@ -155,7 +155,8 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
     assert a_file.read_text() == 'x' and not (stale / 'train.lock').exists()  # nothing lost; lock released
 
 
-def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tiny_reasoning, tmp_path):
+@pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])  # Ctrl-C, and what batch schedulers send
+def test_a_stop_signal_says_where_the_run_stopped_and_how_to_resume(tiny_reasoning, tmp_path, sig):
     import signal
     import subprocess
     import time
@@ -167,11 +168,23 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tiny_reasoning, tmp
     while not (out / 'ckpt.pt').exists() and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(getattr(signal, sig))
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode != 0 and 'Traceback' not in stderr, stderr
     assert 'the last checkpoint is' in stderr and '--init_from=resume' in stderr and 'stopped at iteration' in stderr
     assert checkpoint.load_checkpoint(str(out / 'ckpt.pt'))['iter_num'] >= 2 and not (out / 'train.lock').exists()
+
+
+def test_a_checkpoint_trained_on_a_relative_dataset_path_works_from_any_directory(tiny_reasoning, tmp_path):
+    import shutil
+    import subprocess
+    shutil.copytree(tiny_reasoning, tmp_path / 'data')
+    args = [sys.executable, os.path.join(ROOT, 'train_stage1.py'), *TINY, '--dataset=./data', '--seq_len=64',
+            '--out_dir=run', '--max_iters=1', '--eval_interval=1']
+    assert subprocess.run(args, cwd=tmp_path, capture_output=True, timeout=120).returncode == 0
+    r = run_script('sample.py', f'--ckpt={tmp_path / "run" / "ckpt.pt"}', '--device=cpu', '--num_samples=1',
+                   '--use_rcd=False')  # from the repository root, not from where it trained
+    assert r.returncode == 0 and 'test problems right' in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize('script', ['eval.py', 'sample.py', 'train_stage1.py', 'train_stage2.py', 'bench.py'])
