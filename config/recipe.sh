@@ -105,7 +105,13 @@ job() {  # job TASK NAME CMD...: CMD in a slot (TASK/logs/NAME.log); a failure l
   env ${dev:+CUDA_VISIBLE_DEVICES="$dev"} "${@:3}" > "$1/logs/$2.log" 2>&1 || rc=$?
   printf %s "$gpu" >&3
   echo "$2 $(( t0 - START )) $(( $(date +%s) - START ))" >> "$1/logs/times.txt"  # start, end (s)
-  [ $rc -eq 0 ] || { touch "$1/logs/$2.failed"; return 1; }
+  local what="${1##*/} $2: $(( $(date +%s) - t0 )) s"  # progress: one line per finished job
+  if [ $rc -ne 0 ]; then
+    say "$what, FAILED (${1##*/}/logs/$2.log)"
+    touch "$1/logs/$2.failed"
+    return 1
+  fi
+  say "$what"
 }
 train() {  # train TASK NAME SCRIPT DIR ARGS...: skip a finished run, resume a cut one
   local dir=$4 resume=()
