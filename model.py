@@ -275,7 +275,7 @@ def diffusion_loss(logits, x0, weights):
 # SDPA with the dense mask everywhere else. Both read the same predicate; results/PERFORMANCE.md has
 # the timings behind the switch.
 
-FLEX_MIN_TOKENS = 2048  # shorter training inputs (2L - B tokens) use SDPA: measured as fast
+FLEX_MIN_TOKENS = 1536  # shorter inputs (2L - B) use SDPA: a tie at 1024 tokens, flex ahead at 2048
 
 
 def uses_flex(n_tokens, device):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rcd
-from model import FLEX_MIN_TOKENS, BlockDiffusionLM, ModelConfig, loss_weights
+from model import FLEX_MIN_TOKENS, BlockDiffusionLM, ModelConfig, loss_weights, training_len, uses_flex
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
 
@@ -20,9 +20,10 @@ def model_pair(seq_len=64):
     return cfg, cpu, copy.deepcopy(cpu).cuda()
 
 
-@pytest.mark.parametrize('seq_len', [FLEX_MIN_TOKENS // 2, 48])  # FlexAttention; SDPA with the dense mask
+@pytest.mark.parametrize('seq_len', [FLEX_MIN_TOKENS, 48])  # FlexAttention; SDPA with the dense mask
 def test_compiled_training_pass_matches_the_cpu_path(seq_len):
     cfg, cpu, gpu = model_pair(seq_len)
+    assert uses_flex(training_len(seq_len, 8), torch.device('cuda')) == (seq_len > 48)
     x0 = torch.randint(0, 48, (4, seq_len))
     x_t = torch.where(torch.rand(4, seq_len) < 0.5, cfg.mask_id, x0)
     w = loss_weights(x_t == cfg.mask_id, torch.full((4, seq_len), 0.5), torch.zeros(4, seq_len, dtype=torch.bool),
