@@ -4,7 +4,7 @@
 #   2. stage 2 from each, same data and schedule, one arm each:
 #        baseline       stage 1 continued (alpha = 0), STAGE2_ITERS iterations
 #        baseline_long  the same for LONG_ITERS iterations: the rollout arms' compute (a rollout
-#                       step costs about 1.73 stage-1 steps)
+#                       step costs 1.755 stage-1 steps: bench.py --sizes=sudoku, one H100)
 #        rcd_paper      the paper's stage 2: the frozen stage-1 reference reads the same x_t,
 #                       entropy alpha, every row a residual row
 #        onpolicy       every row starts from a 0-4-step no-grad threshold-decoding rollout of the
@@ -22,7 +22,7 @@
 #   EASY_SEEDS= HARD_SEEDS="1 2" bash config/recipe.sh gpu   # the hard task alone, 2 seeds
 #   bash config/recipe.sh cpu                     # 2 CPU cores: a toy of the same pipeline
 # Knobs (environment): HARD_SEEDS ["1 2 3 4 5" gpu, "" cpu], EASY_SEEDS ["1 2 3" gpu, "1" cpu],
-# DATA_SEED [2026], ARMS [all five], STAGE1_ITERS [2500], STAGE2_ITERS [1000], LONG_ITERS [1730],
+# DATA_SEED [2026], ARMS [all five], STAGE1_ITERS [2500], STAGE2_ITERS [1000], LONG_ITERS [1755],
 # GPUS [the GPUs nvidia-smi lists, gpu; 0, cpu], JOBS [8 per GPU, gpu; 1, cpu], RUN_DIR. A finished
 # step is skipped and a cut one starts again: a rerun resumes.
 set -euo pipefail
@@ -34,12 +34,12 @@ K=1,2,4,8,16,32
 case $MODE in
   gpu) HARD=${HARD_SEEDS-1 2 3 4 5}; EASY=${EASY_SEEDS-1 2 3}
        GPUS=${GPUS:-$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)}; GPUS=${GPUS:-0}
-       ITERS=${STAGE2_ITERS:-1000}; LONG=${LONG_ITERS:-1730}
+       ITERS=${STAGE2_ITERS:-1000}; LONG=${LONG_ITERS:-1755}
        S1=(--max_iters="${STAGE1_ITERS:-2500}" --lr_decay_iters="${STAGE1_ITERS:-2500}")
        S2=(); N=()
        PREP=() ;;
   cpu) HARD=${HARD_SEEDS-}; EASY=${EASY_SEEDS-1}; GPUS=0; JOBS=${JOBS:-1}
-       ITERS=${STAGE2_ITERS:-40}; LONG=${LONG_ITERS:-69}
+       ITERS=${STAGE2_ITERS:-40}; LONG=${LONG_ITERS:-70}
        S1=(--device=cpu --n_layer=2 --n_embd=64 --n_head=2 --batch_size=16 --max_iters=60
            --lr_decay_iters=60 --warmup_iters=5 --eval_interval=60 --eval_iters=2 --log_interval=20)
        S2=(--device=cpu --batch_size=16 --eval_interval=40 --eval_iters=2 --log_interval=20
