@@ -202,11 +202,11 @@ def bench_attention(size, spec, cfg):
         variants = {'flex': lambda q, k, v: attention(q, k, v, block_mask)} if cuda else {}
         variants.update(sdpa_dense_mask=lambda q, k, v: sdpa(q, k, v, attn_mask=dense),
                         sdpa_causal=lambda q, k, v: sdpa(q, k, v, is_causal=True))
-        t = {name: timed(fwd_bwd(fn, training_len(n, B)), warmup, repeats)
-             for name, fn in variants.items()}
+        length = training_len(n, B)  # the 2L - B tokens the model's training attention reads
+        t = {name: timed(fwd_bwd(fn, length), warmup, repeats) for name, fn in variants.items()}
         row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
             **({'flex_over_causal': t['flex'] / t['sdpa_causal']} if cuda else {}),
-            model_uses='flex' if uses_flex(training_len(n, B), dev) else 'sdpa_dense_mask')
+            model_uses='flex' if uses_flex(length, dev) else 'sdpa_dense_mask')
         # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
         # (all visible here) vs SDPA with no mask at all, the lower bound
         q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)

@@ -98,14 +98,15 @@ for i in $(seq 0 $(( JOBS - 1 ))); do
 done
 rm -f "$RUN_DIR"/*/logs/*.failed
 job() {  # job TASK NAME CMD...: CMD in a slot (TASK/logs/NAME.log); a failure leaves NAME.failed
-  local rc=0 gpu t0
+  local rc=0 gpu t0 t1
   read -r -n 1 -u 3 gpu
   local dev=${gpu#-}  # the slot's GPU, or none
   t0=$(date +%s)
   env ${dev:+CUDA_VISIBLE_DEVICES="$dev"} "${@:3}" > "$1/logs/$2.log" 2>&1 || rc=$?
   printf %s "$gpu" >&3
-  echo "$2 $(( t0 - START )) $(( $(date +%s) - START ))" >> "$1/logs/times.txt"  # start, end (s)
-  local what="${1##*/} $2: $(( $(date +%s) - t0 )) s"  # progress: one line per finished job
+  t1=$(date +%s)
+  echo "$2 $(( t0 - START )) $(( t1 - START ))" >> "$1/logs/times.txt"  # start, end (s)
+  local what="${1##*/} $2: $(( t1 - t0 )) s"  # progress: one line per finished job
   if [ $rc -ne 0 ]; then
     say "$what, FAILED (${1##*/}/logs/$2.log)"
     touch "$1/logs/$2.failed"
