@@ -188,7 +188,7 @@ def bench_train(size, spec, cfg):
 def bench_attention(size, spec, cfg):
     """Training attention (2L - B tokens) fwd+bwd: FlexAttention, SDPA with the dense mask, causal SDPA;
     and the sampler's attention of one block against the cache."""
-    L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
+    B = cfg.block_size
     H, D = cfg.n_head, cfg.n_embd // cfg.n_head
     for n, b in spec['attn'].items():
         def fwd_bwd(attend, length):  # forward only on CPU, where FlexAttention has no backward
@@ -220,7 +220,7 @@ def bench_attention(size, spec, cfg):
 
 def bench_sample(size, spec, cfg):
     """Sampling time and forward passes, baseline vs RCD, with the cache (graph, eager) and without."""
-    L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
+    B, V = cfg.block_size, cfg.vocab_size
     torch.manual_seed(0)
     model = BlockDiffusionLM(cfg).to(dev).eval()
     for b in spec['sample_batches']:

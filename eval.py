@@ -48,7 +48,6 @@ alpha_scales = '1.0'         # with use_rcd, to sweep: α × these (the trained 
                              # off, the `_off` row: this model decoded by the plain sampler)
 residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α of softmax(logits / T_res))
 first_steps = 'zero'         # with use_rcd, to sweep: 'zero', 'self', 'reference', 'dirichlet'
-residual_steps = '0'         # with use_rcd, to sweep: residuals in a block's first N steps (0: all)
 reference_ckpt = ''          # the model of first_steps 'reference'
 split = 'test'               # 'val' to choose settings, 'test' to report
 tokens_per_step_grid = '1,2,4,8'  # static rule settings ('' = none)
@@ -159,10 +158,8 @@ def rule_of(r):
 def setting_of(r):
     rule = f"{r['tokens_per_step']} tokens/step" if r['rule'] == 'static' else f"τ {r['threshold']}"
     if r.get('use_rcd') and r.get('alpha_scale'):
-        n = r['residual_steps']
-        steps = f'in the first {n} steps' if n else 'at every step'
         rule += (f", α × {r['alpha_scale']}, T_res {r['residual_temperature']}, first step "
-                 f"{r['first_step']}, residuals {steps}")
+                 f"{r['first_step']}")
     return rule
 
 
@@ -171,12 +168,11 @@ def items(r):
 
 
 def menus(rows):
-    """{(row, seed): {residual knobs: {rule: record}}}. The knobs (α scale, T_res, first step,
-    residual cutoff) are one value for a plain row."""
+    """{(row, seed): {residual knobs: {rule: record}}}. The knobs (α scale, T_res, first step)
+    are one value for a plain row."""
     out = {}
     for r in rows:
-        knobs = tuple(r.get(k) for k in ('alpha_scale', 'residual_temperature', 'first_step',
-                                         'residual_steps'))
+        knobs = tuple(r.get(k) for k in ('alpha_scale', 'residual_temperature', 'first_step'))
         out.setdefault((row_of(r), r['train_seed']), {}).setdefault(knobs, {})[rule_of(r)] = r
     return out
 
@@ -399,22 +395,21 @@ def sweep_settings():
     if n_problems < 0 or batch_size < 1 or not 0 <= seed < 2**32:
         common.fail(f'need n_problems >= 0 (0 = all), batch_size >= 1 and 0 <= seed < 2**32 '
                     f'(got {n_problems}, {batch_size}, {seed})')
-    if not use_rcd and (alpha_scales, residual_temperatures, residual_steps) != ('1.0', '1.0', '0'):
-        common.fail('alpha_scales, residual_temperatures and residual_steps sweep RCD: '
-                    'use them with --use_rcd=True')
+    if not use_rcd and (alpha_scales, residual_temperatures) != ('1.0', '1.0'):
+        common.fail('alpha_scales and residual_temperatures sweep RCD: use them with '
+                    '--use_rcd=True')
     temps = numbers(residual_temperatures, 'residual_temperatures', float)
     scales = numbers(alpha_scales, 'alpha_scales', float)
-    cutoffs = numbers(residual_steps, 'residual_steps', int)
-    knobs = [(a, T, f, n) for a in scales if a != 0 for T in temps for f in starts for n in cutoffs]
-    knobs += [(0.0, 1.0, 'zero', 0)] if 0 in scales else []  # the residual off: no other knob acts
+    knobs = [(a, T, f) for a in scales if a != 0 for T in temps for f in starts]
+    knobs += [(0.0, 1.0, 'zero')] if 0 in scales else []  # the residual off: no other knob acts
     rules = [(k, 0.0) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)]
     thresholds = numbers(threshold_grid, 'threshold_grid', float)
     if not all(0 < tau <= 1 for tau in thresholds):
         common.fail('thresholds must be in (0, 1]')
     rules += [(1, tau) for tau in thresholds]
     settings = [replace(dec, tokens_per_step=k, threshold=tau, alpha_scale=a,
-                        residual_temperature=T, first_step=f, residual_steps=n)
-                for k, tau in rules for a, T, f, n in knobs]
+                        residual_temperature=T, first_step=f)
+                for k, tau in rules for a, T, f in knobs]
     for problem in [s.problem() for s in settings] or ['there is no setting to sweep']:
         if problem:
             common.fail(problem)
@@ -443,8 +438,7 @@ def sweep(settings):
                       block_size=model.cfg.block_size, use_rcd=use_rcd,
                       alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=dec.alpha_scale,
                       first_step=dec.first_step, residual_temperature=dec.residual_temperature,
-                      residual_steps=dec.residual_steps, rule=rule,
-                      tokens_per_step=None if dec.threshold else dec.tokens_per_step,
+                      rule=rule, tokens_per_step=None if dec.threshold else dec.tokens_per_step,
                       threshold=dec.threshold or None, n=n, correct=correct,
                       accuracy=correct / n, items=''.join('01'[x] for x in right),
                       mean_passes=passes, wall_s=wall,

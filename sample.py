@@ -58,8 +58,6 @@ residual_temperature = 1.0   # T_res: with use_rcd, α is the entropy of softmax
 first_step = 'zero'          # with use_rcd, the residual of a block's first step: 'zero' (cold
                              # start), 'self' (one extra pass of the model), 'reference' (one
                              # pass of reference_ckpt), 'dirichlet' (the paper's Table 5)
-residual_steps = 0           # with use_rcd: residuals reach only a block's first N steps (0 = every
-                             # step; the README's result: a 4-step rollout trains steps 1..4)
 reference_ckpt = ''          # the checkpoint of first_step='reference' (a stage-1 model)
 device = 'auto'
 dtype = 'auto'
@@ -79,7 +77,6 @@ class Decoding:
     alpha_scale: float = 1.0
     residual_temperature: float = 1.0
     first_step: str = 'zero'
-    residual_steps: int = 0
 
     def problem(self):
         """What is wrong with these settings, in one line, or None."""
@@ -88,15 +85,15 @@ class Decoding:
             return ('need tokens_per_step >= 1, 0 <= threshold <= 1 and a temperature of 0 '
                     '(greedy) or finite and >= 1e-3')
         if not (1e-3 <= self.residual_temperature < math.inf and 0 <= self.alpha_scale < math.inf
-                and 0 <= self.alpha_constant <= 1 and self.residual_steps >= 0):
-            return ('need 1e-3 <= residual_temperature and alpha_scale >= 0 both finite, '
-                    '0 <= alpha_constant <= 1 and residual_steps >= 0')
+                and 0 <= self.alpha_constant <= 1):
+            return ('need 1e-3 <= residual_temperature and alpha_scale >= 0 both finite, and '
+                    '0 <= alpha_constant <= 1')
         if self.alpha_mode not in ALPHA_MODES:
             return f"alpha_mode='{self.alpha_mode}' must be one of {', '.join(ALPHA_MODES)}"
         if self.first_step not in FIRST_STEPS:
             return f"first_step='{self.first_step}' must be one of {', '.join(FIRST_STEPS)}"
-        if (self.first_step != 'zero' or self.residual_steps) and not self.use_rcd:
-            return 'first_step and residual_steps shape RCD sampling: use them with --use_rcd=True'
+        if self.first_step != 'zero' and not self.use_rcd:
+            return 'first_step shapes RCD sampling: use it with --use_rcd=True'
         return None
 
 
@@ -168,7 +165,7 @@ def denoise_block(x, s, e, done, dec, target, reference, generator):
         if not live.any():
             return passes
         delta = None  # built before the pass: a replayed graph overwrites its logits
-        if res_logits is not None and (dec.residual_steps == 0 or step < dec.residual_steps):
+        if res_logits is not None:
             delta = residual_of(res_logits, weight, mask_id, remasked, dec.alpha_mode,
                                 dec.alpha_constant, dec.alpha_scale, dec.residual_temperature)
         logits = target(s, e, delta)
@@ -227,7 +224,7 @@ def check_decoding(dec, reference_ckpt):
 
 def main():
     dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant,
-                   alpha_scale, residual_temperature, first_step, residual_steps)
+                   alpha_scale, residual_temperature, first_step)
     check_decoding(dec, reference_ckpt)
     if not (1 <= num_samples <= 1000 and max_new_tokens >= 0 and 0 <= seed < 2**32):
         common.fail(f'need 1 <= num_samples <= 1000, max_new_tokens >= 0 and 0 <= seed < 2**32 '
@@ -241,7 +238,6 @@ def main():
     rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
     if use_rcd:
         rule += f', RCD alpha={alpha_mode}, first step {first_step}'
-        rule += f', residuals in the first {residual_steps} steps' if residual_steps else ''
     if tokens_per_step > model.cfg.block_size and threshold == 0:
         print(f'note: tokens_per_step={tokens_per_step} is more than a block '
               f'({model.cfg.block_size} tokens): each step commits the whole block')

@@ -26,21 +26,18 @@ def test_sweep_writes_one_record_per_setting(tiny_ckpt, tmp_path):
         assert r['label'] == 'baseline' and r['n'] == 20 and r['correct'] == round(r['accuracy'] * 20)
         assert r['wall_s'] > 0
     assert base[1]['mean_passes'] < base[0]['mean_passes']  # 8 tokens per step needs fewer passes than 1
-    # RCD's knobs per rule: each alpha scale with each T_res, first step and residual cutoff, then the residual off
-    # (alpha x 0) once, which is the plain sampler: the same answers at the same cost, appended to the same file
+    # RCD's knobs per rule: each alpha scale with each T_res and first step, then the residual off (alpha x 0)
+    # once, which is the plain sampler: the same answers at the same cost, appended to the same file
     rows = sweep(tiny_ckpt, records, '--use_rcd=True', '--alpha_scales=0.5,0', '--residual_temperatures=2',
-                 '--first_steps=zero,self', '--residual_steps=0,1', '--label=rcd')[3:]
-    knobs = [(r['alpha_scale'], r['residual_temperature'], r['first_step'], r['residual_steps']) for r in rows]
-    assert knobs == [(0.5, 2.0, 'zero', 0), (0.5, 2.0, 'zero', 1), (0.5, 2.0, 'self', 0), (0.5, 2.0, 'self', 1),
-                     (0.0, 1.0, 'zero', 0)] * 3
-    # a zero first step has no residual, so residuals in the first step only is the plain sampler too
-    for a, off, first_only in zip(base, rows[4::5], rows[1::5]):
+                 '--first_steps=zero,self', '--label=rcd')[3:]
+    knobs = [(r['alpha_scale'], r['residual_temperature'], r['first_step']) for r in rows]
+    assert knobs == [(0.5, 2.0, 'zero'), (0.5, 2.0, 'self'), (0.0, 1.0, 'zero')] * 3
+    for a, on, off in zip(base, rows[0::3], rows[2::3]):
         assert (a['items'], a['mean_passes']) == (off['items'], off['mean_passes']) and off['label'] == 'rcd'
-        assert (a['items'], a['mean_passes']) == (first_only['items'], first_only['mean_passes'])
-        assert setting_of(off) == setting_of(a) and row_of(off) == 'rcd_off' != row_of(first_only)
-        assert setting_of(first_only).endswith('T_res 2.0, first step zero, residuals in the first 1 steps')
+        assert setting_of(off) == setting_of(a) and row_of(off) == 'rcd_off' != row_of(on) == 'rcd'
+        assert setting_of(on).endswith(', α × 0.5, T_res 2.0, first step zero')
     # the 'self' first step costs one more pass per block
-    assert all(b['mean_passes'] > a['mean_passes'] for a, b in zip(rows[::5], rows[2::5]))
+    assert all(b['mean_passes'] > a['mean_passes'] for a, b in zip(rows[::3], rows[1::3]))
 
 
 def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
@@ -86,12 +83,11 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     (['--tokens_per_step_grid=0'], 'tokens_per_step >= 1'),
     (['--alpha_scales=0.5'], 'use them with --use_rcd=True'),
     (['--use_rcd=True', '--alpha_scales=nan'], 'alpha_scale >= 0 both finite'),
-    (['--first_steps=self'], 'use them with --use_rcd=True'),
+    (['--first_steps=self'], 'use it with --use_rcd=True'),
     (['--use_rcd=True', '--first_steps=zero,reference'], "needs --reference_ckpt=PATH"),
     (['--use_rcd=True', '--first_steps=zero,nosuch'], "nosuch"),
     (['--use_rcd=True', '--reference_ckpt=x.pt'], "reference_ckpt is read only by first_steps 'reference'"),
-    (['--use_rcd=True', '--residual_steps=-1'], 'residual_steps >= 0'),
-    (['--use_rcd=True', '--residual_steps=2.5'], "residual_steps='2.5' must be comma-separated numbers"),
+    (['--use_rcd=True', '--residual_temperatures=2.5x'], "residual_temperatures='2.5x' must be comma-separated"),
     (['--split=train'], "split='train' must be 'val' or 'test'"),
     (['--n_problems=-1'], 'need n_problems >= 0'),
     (['--batch_size=0'], 'batch_size >= 1'),

@@ -83,8 +83,7 @@ def test_alpha_zero_is_the_baseline_sampler(counting_model, rule):
         assert not torch.equal(base[0], decode(counting_model, prompt, 20, alpha_mode='entropy', **rule)[0])
 
 
-@pytest.mark.parametrize('residual_steps', [0, 2])
-def test_residuals_reach_only_remasked_positions_of_later_steps(residual_steps):
+def test_residuals_reach_only_remasked_positions_of_later_steps():
     model = tiny_model()
     calls, forward = [], model.forward
 
@@ -92,14 +91,13 @@ def test_residuals_reach_only_remasked_positions_of_later_steps(residual_steps):
         calls.append((x_t.clone(), None if delta is None else delta.clone()))
         return forward(x_t, x0, delta, cache)
     model.forward = spy
-    decode(model, torch.randint(0, 9, (2, 4)), 12, tokens_per_step=1, alpha_mode='entropy',
-           residual_steps=residual_steps)
+    decode(model, torch.randint(0, 9, (2, 4)), 12, tokens_per_step=1, alpha_mode='entropy')
     steps = [(x, d) for x, d in calls if (x == 10).any()]  # denoising steps; a cache fill reads a finished block
     assert len(steps) == 3 * 4  # 3 blocks of 4, 4 steps each
     for i, (x, delta) in enumerate(steps):
         step = i % 4
-        if step == 0 or residual_steps and step >= residual_steps:
-            assert delta is None  # a block's first step has no residual yet; past the cutoff, none is fed
+        if step == 0:
+            assert delta is None  # a block's first step has no residual yet
         else:
             carries = delta.abs().sum(-1) > 0
             assert carries.any() and torch.equal(carries, x == 10)  # exactly the positions still [MASK]

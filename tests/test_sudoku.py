@@ -138,20 +138,20 @@ def test_the_hull_mixes_two_neighbouring_settings_by_hand():
 
 
 def test_rcd_knobs_are_chosen_once_per_seed_on_val_and_the_residual_off_is_its_own_row():
-    on = dict(use_rcd=True, residual_temperature=1.0, first_step='zero')
+    on = dict(use_rcd=True, first_step='zero')
     val, test = [], []
-    for steps, val_items, test_items in ((0, '1100', '1000'), (5, '1110', '1100')):  # 5 wins on val
+    for temp, val_items, test_items in ((1.0, '1100', '1000'), (2.0, '1110', '1100')):  # T_res 2 wins on val
         for split, it in (('val', val_items), ('test', test_items)):
             acc = it.count('1') / 4
             rows = val if split == 'val' else test
-            rows += [record('rcd', split, 1, acc, 9.0, it, alpha_scale=0.25, residual_steps=steps, **on),
-                     record('rcd', split, 0.9, acc, 3.0, it, alpha_scale=0.25, residual_steps=steps, **on)]
+            rows += [record('rcd', split, 1, acc, 9.0, it, alpha_scale=0.25, residual_temperature=temp, **on),
+                     record('rcd', split, 0.9, acc, 3.0, it, alpha_scale=0.25, residual_temperature=temp, **on)]
     for split, rows in (('val', val), ('test', test)):
-        rows += [record('rcd', split, 1, 0.5, 9.0, '1000', alpha_scale=0.0, residual_steps=0, **on),
-                 record('rcd', split, 0.9, 0.5, 3.0, '1000', alpha_scale=0.0, residual_steps=0, **on)]
+        rows += [record('rcd', split, 1, 0.5, 9.0, '1000', alpha_scale=0.0, residual_temperature=1.0, **on),
+                 record('rcd', split, 0.9, 0.5, 3.0, '1000', alpha_scale=0.0, residual_temperature=1.0, **on)]
     front = frontiers(test, val, [3.0])
     assert set(front) == {('rcd', 1), ('rcd_off', 1)}
-    assert {r['residual_steps'] for r in front['rcd', 1][1].values()} == {5}
+    assert {r['residual_temperature'] for r in front['rcd', 1][1].values()} == {2.0}
     text = report_text(test, val, [3.0], ['baseline'])
     assert '| rcd − rcd_off | +25.0 | +25.0 [' in text  # items 1100 against 1000, seed 1
     with pytest.raises(SystemExit, match='lacks 1 settings of the menu'):
