@@ -1,7 +1,6 @@
 """
-Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row with residuals, and
-half of them as with residual_fraction=0.5: only those rows go through the reference; and half of
-them, or every row, through the target's own 4-step decoding rollout, as --rollout_steps=4), (b) attention alone:
+Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row with residuals
+from the reference, or through the target's own 4-step decoding rollout, as --rollout_steps=4), (b) attention alone:
 FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
 (c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
 without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
@@ -125,8 +124,8 @@ if cuda:
     del a
 
 def bench_train(size, spec, cfg):
-    """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row, half the rows, half the
-    rows or every row with the rollout)."""
+    """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row from the reference, or
+    every row through the rollout)."""
     L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
     torch.manual_seed(0)
     model = BlockDiffusionLM(cfg).to(dev)
@@ -143,27 +142,22 @@ def bench_train(size, spec, cfg):
 
     def residual(logits, remasked):
         return residual_fn(logits, model.wte.weight, cfg.mask_id, remasked, 'entropy')
-    # half: residual_fraction=0.5; rollout: --rollout_steps=4 (4 steps once a batch has more than a few rows)
-    stages = (('stage1', 0), ('stage2', b), ('stage2 half', b // 2), ('stage2 half rollout', b // 2),
-              ('stage2 rollout', b))  # every row a rollout row: --residual_fraction=1.0
-    for stage, n in stages:
+    # rollout: --rollout_steps=4 (4 steps once a batch has more than a few rows)
+    for stage in ('stage1', 'stage2', 'stage2 rollout'):
         def step():  # as train_stage2.py's batch_loss (the reference reads the same x_t, or the rollout)
             with autocast:
                 x_t, masked, t = add_noise(x0, prompt_mask, B, cfg.mask_id, 0.0, 1.0, gen)
                 delta = None
-                if n and stage.endswith('rollout'):
-                    start, steps, threshold, reads = rcd.rollout_rows(x0[:n], prompt_mask[:n],
-                                                                      cfg.mask_id, 4, generator=gen)
-                    state = rcd.rollout(fwd, x0[:n], start, prompt_mask[:n], steps, threshold, reads,
-                                        'entropy')
-                    x_t[:n], masked[:n], t[:n], logits, remasked = state
+                if stage == 'stage2 rollout':
+                    start, steps, threshold, reads = rcd.rollout_rows(x0, prompt_mask, cfg.mask_id, 4,
+                                                                      generator=gen)
+                    x_t, masked, t, logits, remasked = rcd.rollout(fwd, x0, start, prompt_mask, steps,
+                                                                   threshold, reads, 'entropy')
                     delta = residual(logits, remasked)
-                elif n:
+                elif stage == 'stage2':
                     with torch.no_grad():
-                        logits = ref_fwd(x_t[:n], x0[:n])
-                    delta = residual(logits, masked[:n])
-                if n:
-                    delta = torch.cat((delta, delta.new_zeros(b - n, *delta.shape[1:])))
+                        logits = ref_fwd(x_t, x0)
+                    delta = residual(logits, masked)
                 loss = fwd(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, 'elbo'))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -177,8 +171,6 @@ def bench_train(size, spec, cfg):
         if profile:
             print_profile(step, f'{size} {stage} training step')
     row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
-        residual_fraction_half=step_ms['stage2 half'] / step_ms['stage1'],
-        half_rollout_4=step_ms['stage2 half rollout'] / step_ms['stage1'],
         every_row_rollout_4=step_ms['stage2 rollout'] / step_ms['stage1'])
     del model, reference, fwd, ref_fwd, opt
     if cuda:

@@ -47,8 +47,6 @@ dataset = 'sudoku'
 alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant' (its Fig. 5), 'none'
 alpha_constant = 0.5         # α for alpha_mode='constant'
 alpha_scale = 0.25           # α is multiplied by this (capped at 1): a lighter residual (README)
-residual_fraction = 1.0      # share of rows trained with residuals; the others see plain [MASK],
-                             # as a block's first step does (the paper: 1.0)
 rollout_steps = 4            # > 0: residual rows take state and residual from 0..rollout_steps
                              # no-grad threshold-decoding steps of the target (README); with
                              # alpha_mode='none' the states only: the control without residuals;
@@ -91,9 +89,8 @@ config = {k: globals()[k] for k in config_keys}
 common.check_train_config(config)
 if alpha_mode not in rcd.ALPHA_MODES:
     common.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(rcd.ALPHA_MODES)}")
-if not (0.0 <= residual_fraction <= 1.0 and 0.0 <= rollout_plain <= 1.0):
-    common.fail(f'need 0 <= residual_fraction, rollout_plain <= 1 '
-                f'(got {residual_fraction}, {rollout_plain})')
+if not 0.0 <= rollout_plain <= 1.0:
+    common.fail(f'need 0 <= rollout_plain <= 1 (got {rollout_plain})')
 if not (rollout_steps >= 0 and 0 <= alpha_scale < float('inf') and 0 <= alpha_constant <= 1):
     common.fail(f'need rollout_steps >= 0, a finite alpha_scale >= 0, 0 <= alpha_constant <= 1 '
                 f'(got {rollout_steps}, {alpha_scale}, {alpha_constant})')
@@ -145,28 +142,25 @@ residual = torch.compile(rcd.residual) if on_cuda else rcd.residual  # fuses its
 
 
 def batch_loss(forward, split, batch_seed):
-    """One RCD training step's loss. The first n rows (a random subset: rows are drawn at random)
-    read residuals; the others read plain [MASK], as a block's first step does."""
+    """One RCD training step's loss: every row reads residuals (α = 0 with alpha_mode='none')."""
     x0, prompt_mask, gen = batches.get(split, batch_seed)
     x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max,
                                gen)
-    n = round(residual_fraction * len(x0)) if alpha_mode != 'none' or rollout_steps > 0 else 0
-    if n == 0:  # no residual rows: stage 1's loss
+    if alpha_mode == 'none' and rollout_steps == 0:  # no residual, no rollout: stage 1's loss
         return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
     if rollout_steps > 0:  # the README's result: decoding's own states and residuals
-        start, steps, threshold, reads = rcd.rollout_rows(x0[:n], prompt_mask[:n], mask_id,
-                                                          rollout_steps, rollout_plain, gen)
-        state = rcd.rollout(compiled, x0[:n], start, prompt_mask[:n], steps, threshold, reads,
-                            alpha_mode, alpha_constant, alpha_scale)
-        x_t[:n], masked[:n], t[:n], logits, remasked = state
+        start, steps, threshold, reads = rcd.rollout_rows(x0, prompt_mask, mask_id, rollout_steps,
+                                                          rollout_plain, gen)
+        x_t, masked, t, logits, remasked = rcd.rollout(compiled, x0, start, prompt_mask, steps,
+                                                       threshold, reads, alpha_mode,
+                                                       alpha_constant, alpha_scale)
     else:  # the paper: the frozen reference reads the same x_t and predicts its masked positions
         with torch.no_grad():  # no backpropagation through denoising steps
-            logits = reference_forward(x_t[:n], x0[:n])
-        remasked = masked[:n]
+            logits = reference_forward(x_t, x0)
+        remasked = masked
     # the gradient reaches E through Δ = p E
     delta = residual(logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant,
                      alpha_scale)
-    delta = torch.cat((delta, delta.new_zeros(len(x0) - n, *delta.shape[1:])))
     weights = loss_weights(masked, t, prompt_mask, loss_weighting)
     return forward(x_t, x0, delta, loss_weights=weights)
 

@@ -178,7 +178,7 @@ def stage2_args(tiny_reasoning, target, reference, out_dir):
     return ['train_stage2.py', *[a for a in TINY if not a.startswith(model_flags)], '--device=cpu',
             f'--dataset={tiny_reasoning}', f'--init_from={target}', f'--reference_ckpt={reference}',
             f'--out_dir={out_dir}', '--eval_interval=2', '--always_save_checkpoint=True',
-            '--rollout_steps=0', '--rollout_plain=0', '--alpha_scale=1', '--residual_fraction=0.5']
+            '--rollout_steps=0', '--rollout_plain=0', '--alpha_scale=1']
 
 
 def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stage1_ckpts, tmp_path):
@@ -206,7 +206,7 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     target, small_ref = stage1_ckpts
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, 'argv', stage2_args(tiny_reasoning, target, small_ref, str(tmp_path))
-                        + ['--max_iters=3', '--lr_decay_iters=3', '--residual_fraction=1.0'])
+                        + ['--max_iters=3', '--lr_decay_iters=3'])
     g = runpy.run_path('train_stage2.py', run_name='__main__')  # trains 3 iterations in this process
     model, reference = g['model'], g['reference']
     ref_ckpt, target_ckpt = checkpoint.load_checkpoint(small_ref)['model'], checkpoint.load_checkpoint(target)['model']
@@ -227,13 +227,6 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     masked = seen['x_t'] == model.cfg.mask_id
     want = rcd.residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked, 'entropy')
     assert masked.any() and torch.allclose(seen['delta'], want) and torch.equal(seen['ref_x_t'], seen['x_t'])
-    g['batch_loss'].__globals__.update(residual_fraction=0.5)  # half the rows: only they see the
-    g['batch_loss'](target_spy, 'train', 0)                     # reference
-    half = x0.shape[0] // 2
-    masked = seen['x_t'] == model.cfg.mask_id
-    want = rcd.residual(seen['ref_logits'], model.wte.weight, model.cfg.mask_id, masked[:half], 'entropy')
-    assert seen['ref_x_t'].shape[0] == half and torch.equal(seen['ref_x_t'], seen['x_t'][:half])
-    assert torch.allclose(seen['delta'][:half], want) and not seen['delta'][half:].any()
     calls, real_rollout = [], rcd.rollout  # the rollout: where it starts and how many steps each row takes
 
     def rollout_spy(*args):
@@ -246,32 +239,28 @@ def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_r
     assert not ((start != model.cfg.mask_id) & ~prompt).any() and n_steps.max() == 1  # all [MASK]
     g['batch_loss'].__globals__.update(alpha_mode='none')  # the control: rollout states, no residual
     g['batch_loss'](target_spy, 'train', 0)
-    assert len(calls) == 2 and calls[1][0].shape[0] == half and not seen['delta'].any()
-    assert (seen['x_t'][:half] != model.cfg.mask_id).sum() > (calls[1][0] != model.cfg.mask_id).sum()
+    assert len(calls) == 2 and calls[1][0].shape[0] == x0.shape[0] and not seen['delta'].any()
+    assert (seen['x_t'] != model.cfg.mask_id).sum() > (calls[1][0] != model.cfg.mask_id).sum()  # steps committed
     g['batch_loss'].__globals__.update(alpha_mode='entropy', rollout_plain=0.5)  # every other rollout row: no
     g['batch_loss'](target_spy, 'train', 0)                                      # residual, as the control's
-    reads = seen['delta'][:half].abs().sum((1, 2)) > 0
+    reads = seen['delta'].abs().sum((1, 2)) > 0
     assert reads[0::2].any() and not reads[1::2].any()
-    # the plain mix's control: every row a rollout row, none reads a residual
-    g['batch_loss'].__globals__.update(alpha_mode='none', rollout_plain=0.0, residual_fraction=1.0)
-    g['batch_loss'](target_spy, 'train', 0)
-    assert calls[-1][0].shape[0] == x0.shape[0] and not seen['delta'].any()
 
 
 def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
     """With α = 0 stage 2 is continued stage 1: the first logged loss differs once residuals are on, and not when
-    residual_fraction leaves every row without one."""
+    a constant α of 0 puts every input back at E[MASK]."""
     target, _ = stage1_ckpts
     first = {}
-    for mode, frac in (('none', 0.5), ('constant', 0.5), ('constant', 0.0)):
-        out = str(tmp_path / f'{mode}_{frac}')
+    for mode, alpha in (('none', 0.5), ('constant', 0.5), ('constant', 0.0)):
+        out = str(tmp_path / f'{mode}_{alpha}')
         r = run_script(*stage2_args(tiny_reasoning, target, target, out), '--max_iters=1', f'--alpha_mode={mode}',
-                       '--alpha_constant=0.9', f'--residual_fraction={frac}')
+                       f'--alpha_constant={alpha}')
         assert r.returncode == 0, r.stderr
         with open(os.path.join(out, 'log.jsonl')) as f:
-            first[mode, frac] = next(r['loss'] for r in map(json.loads, f) if 'loss' in r)
+            first[mode, alpha] = next(r['loss'] for r in map(json.loads, f) if 'loss' in r)
     assert first['none', 0.5] != first['constant', 0.5]
-    assert first['none', 0.5] == first['constant', 0.0]  # residual_fraction=0: no row reads a residual
+    assert first['none', 0.5] == first['constant', 0.0]  # α = 0: the residual rows read plain [MASK]
 
 
 @pytest.mark.parametrize('extra,message', [

@@ -129,7 +129,7 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
         (['train_stage2.py', '--device=cpu', f'--dataset={tiny_reasoning}', f'--init_from={tiny_ckpt}',
           f'--out_dir={tmp_path / "p"}', '--rollout_steps=0', '--rollout_plain=0',
           '--reference_ckpt=/no/such.pt'], 1, "reference_ckpt '/no/such.pt' not found"),
-        (['train_stage2.py', '--rollout_plain=2'], 1, 'need 0 <= residual_fraction, rollout_plain <= 1'),
+        (['train_stage2.py', '--rollout_plain=2'], 1, 'need 0 <= rollout_plain <= 1'),
         (['train_stage2.py', '--rollout_steps=0'], 1, 'with --rollout_steps=0 set --rollout_plain=0'),
         (['eval.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--n_problems=-1'], 1, 'need n_problems >= 0'),
         (['bench.py', '--sizes=nosuch'], 1, 'unknown size or section: nosuch'),
