@@ -47,7 +47,7 @@ dataset = 'sudoku'
 alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant' (its Fig. 5), 'none'
 alpha_constant = 0.5         # α for alpha_mode='constant'
 alpha_scale = 0.25           # α is multiplied by this (capped at 1): a lighter residual (README)
-rollout_steps = 4            # > 0: residual rows take state and residual from 0..rollout_steps
+rollout_steps = 4            # > 0: the rows take state and residual from 0..rollout_steps
                              # no-grad threshold-decoding steps of the target (README); with
                              # alpha_mode='none' the states only: the control without residuals;
                              # 0: the paper's frozen reference on the same x_t
@@ -142,7 +142,8 @@ residual = torch.compile(rcd.residual) if on_cuda else rcd.residual  # fuses its
 
 
 def batch_loss(forward, split, batch_seed):
-    """One RCD training step's loss: every row reads residuals (α = 0 with alpha_mode='none')."""
+    """One RCD training step's loss: every row reads residuals (α = 0 with alpha_mode='none'),
+    but for the rollout rows that rollout_plain leaves plain."""
     x0, prompt_mask, gen = batches.get(split, batch_seed)
     x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max,
                                gen)
