@@ -1,16 +1,18 @@
 """
-Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row with residuals
-from the reference, or through the target's own 4-step decoding rollout, as --rollout_steps=4), (b) attention alone:
-FlexAttention with the block-diffusion masks vs SDPA with the same mask as a dense boolean tensor vs causal SDPA,
-(c) sampling tokens/s and forward passes, baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and
-without. For a GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
-50304), the tiny default model and the Sudoku model (train_stage1.py's defaults; sampled as eval.py does, 500 at once).
-GPU times are CUDA events after warm-up, median of repeats. Random weights and tokens: speed does not depend on them,
-and the sampler's static rule makes the number of forward passes fixed. On CPU a tiny smoke version runs.
+Benchmark on one GPU: (a) training step time, tokens/s and MFU of stage 1 and stage 2 (every row
+with residuals from the reference, or through the target's own 4-step decoding rollout, as
+--rollout_steps=4), (b) attention alone: FlexAttention with the block-diffusion masks vs SDPA with
+the same mask as a dense boolean tensor vs causal SDPA, (c) sampling tokens/s and forward passes,
+baseline vs RCD, with the KV cache (replayed as a CUDA graph, and eager) and without. For a
+GPT-2-small-sized model (12 layers, 768 wide, seq_len 1024, block 32, GPT-2 vocabulary padded to
+50304), the tiny default model and the Sudoku model (train_stage1.py's defaults; sampled as eval.py
+does, 500 at once). GPU times are CUDA events after warm-up, median of repeats. Random weights and
+tokens: speed does not depend on them, and the sampler's static rule makes the number of forward
+passes fixed. On CPU a tiny smoke version runs.
 
     python bench.py                                   # everything: one table
     python bench.py --sections=attention --sizes=gpt2
-    python bench.py --sections=train --sizes=tiny --profile=True  # where a training step's time goes
+    python bench.py --sections=train --sizes=tiny --profile=True  # where a step's time goes
 """
 import json
 import os
@@ -27,11 +29,11 @@ import torch
 import common
 import rcd
 from configurator import configure
-from model import (BlockDiffusionLM, ModelConfig, add_noise, attention, inference_mask, loss_weights,
-                   training_len, training_mask, uses_flex)
+from model import (BlockDiffusionLM, ModelConfig, add_noise, attention, inference_mask,
+                   loss_weights, training_len, training_mask, uses_flex)
 from sample import Decoding, generate
 
-# -----------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 sizes = 'gpt2,tiny'              # which model sizes (SIZES below), comma-separated
 sections = 'train,attention,sample'
 warmup = 5
@@ -39,9 +41,11 @@ repeats = 20                     # training and attention; sampling uses max(3, 
 compile = True
 device = 'auto'
 out = ''                         # also write the rows as JSON lines to this file
-profile = False                  # also print the kernels that take each training step's time (torch.profiler)
-configure(globals(), ['sizes', 'sections', 'warmup', 'repeats', 'compile', 'device', 'out', 'profile'], sys.argv[1:])
-# -----------------------------------------------------------------------------------------------------------------
+profile = False                  # also print the kernels that take each training step's time
+                                 # (torch.profiler)
+configure(globals(), ['sizes', 'sections', 'warmup', 'repeats', 'compile', 'device', 'out',
+                     'profile'], sys.argv[1:])
+# ------------------------------------------------------------------------------------------------
 if warmup < 0 or repeats < 1:
     sys.exit(f'error: need warmup >= 0 and repeats >= 1 (got {warmup}, {repeats})')
 if out:  # before the benchmark: its rows must not be lost to an unwritable path at the end
@@ -50,15 +54,21 @@ if out:  # before the benchmark: its rows must not be lost to an unwritable path
     except OSError as e:
         sys.exit(f'error: cannot write --out={out} ({e.strerror})')
 
-# model shape, training batch, attention batch per length, sampling batches and number of generated blocks
+# model shape, training batch, attention batch per length, sampling batches and number of generated
+# blocks
 SIZES = {
-    'gpt2': dict(model=dict(vocab_size=50304, mask_id=50257, seq_len=1024, block_size=32, n_layer=12, n_head=12,
-                            n_embd=768), train_batch=16, attn={1024: 8, 4096: 2}, sample_batches=(1, 64), blocks=8),
-    'tiny': dict(model=dict(vocab_size=19, mask_id=18, seq_len=96, block_size=8, n_layer=6, n_head=6, n_embd=384),
+    'gpt2': dict(model=dict(vocab_size=50304, mask_id=50257, seq_len=1024, block_size=32,
+                            n_layer=12, n_head=12, n_embd=768),
+                 train_batch=16, attn={1024: 8, 4096: 2}, sample_batches=(1, 64), blocks=8),
+    'tiny': dict(model=dict(vocab_size=19, mask_id=18, seq_len=96, block_size=8, n_layer=6,
+                            n_head=6, n_embd=384),
                  train_batch=256, attn={96: 256}, sample_batches=(1, 64), blocks=8),
-    'sudoku': dict(model=dict(vocab_size=14, mask_id=13, seq_len=192, block_size=96, n_layer=6, n_head=6, n_embd=384),
-                   train_batch=256, attn={192: 256}, sample_batches=(500,), blocks=1),  # eval.py's batch
-    'smoke': dict(model=dict(vocab_size=19, mask_id=18, seq_len=64, block_size=8, n_layer=2, n_head=2, n_embd=32),
+    'sudoku': dict(model=dict(vocab_size=14, mask_id=13, seq_len=192, block_size=96, n_layer=6,
+                              n_head=6, n_embd=384),
+                   train_batch=256, attn={192: 256}, sample_batches=(500,),  # eval.py's batch
+                   blocks=1),
+    'smoke': dict(model=dict(vocab_size=19, mask_id=18, seq_len=64, block_size=8, n_layer=2,
+                             n_head=2, n_embd=32),
                   train_batch=4, attn={64: 2}, sample_batches=(1, 4), blocks=2),  # CPU
 }
 unknown = [name for name in sizes.split(',') if name not in SIZES] + \
@@ -68,8 +78,8 @@ if unknown:
                 f"sections: train, attention, sample)")
 dev, autocast = common.setup_device(device, 'auto')
 cuda = dev.type == 'cuda'
-# one process samples every size, batch and cache mode: more shapes per compiled function than the default 8,
-# past which dynamo would run the rest eagerly (and time those functions uncompiled)
+# one process samples every size, batch and cache mode: more shapes per compiled function than the
+# default 8, past which dynamo would run the rest eagerly (and time those functions uncompiled)
 torch._dynamo.config.recompile_limit = 64
 if not cuda:
     sizes, warmup, repeats = 'smoke', 1, 2
@@ -79,7 +89,8 @@ rows = []
 
 def row(**r):
     rows.append(r)
-    print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()), flush=True)
+    print('  '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in r.items()),
+          flush=True)
 
 
 def timed(fn, n_warmup, n_repeat):
@@ -103,15 +114,19 @@ def timed(fn, n_warmup, n_repeat):
 
 
 def print_profile(fn, label, steps=3):
-    """The ops and kernels that take fn's time, summed over a few calls (run after the timing: warm and compiled)."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    """The ops and kernels that take fn's time, summed over a few calls (run after the timing: warm
+    and compiled)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             fn()
         if cuda:
             torch.cuda.synchronize()
     print(f'profile: {label}, {steps} calls')
-    print(prof.key_averages().table(sort_by='self_cuda_time_total' if cuda else 'self_cpu_time_total', row_limit=15))
+    sort_by = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=15))
 
 
 peak, measured_peak = common.peak_flops(dev), None
@@ -123,9 +138,10 @@ if cuda:
         matmul_8192_tflops=measured_peak / 1e12)
     del a
 
+
 def bench_train(size, spec, cfg):
-    """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row from the reference, or
-    every row through the rollout)."""
+    """Step time, tokens/s and MFU of a stage-1 step and of stage-2 steps (every row from the
+    reference, or every row through the rollout)."""
     L, B, V = cfg.seq_len, cfg.block_size, cfg.vocab_size
     torch.manual_seed(0)
     model = BlockDiffusionLM(cfg).to(dev)
@@ -144,30 +160,32 @@ def bench_train(size, spec, cfg):
         return residual_fn(logits, model.wte.weight, cfg.mask_id, remasked, 'entropy')
     # rollout: --rollout_steps=4 (4 steps once a batch has more than a few rows)
     for stage in ('stage1', 'stage2', 'stage2 rollout'):
-        def step():  # as train_stage2.py's batch_loss (the reference reads the same x_t, or the rollout)
+        def step():  # as train_stage2.py's batch_loss (the reference reads x_t, or the rollout)
             with autocast:
                 x_t, masked, t = add_noise(x0, prompt_mask, B, cfg.mask_id, 0.0, 1.0, gen)
                 delta = None
                 if stage == 'stage2 rollout':
-                    start, steps, threshold, reads = rcd.rollout_rows(x0, prompt_mask, cfg.mask_id, 4,
-                                                                      generator=gen)
-                    x_t, masked, t, logits, remasked = rcd.rollout(fwd, x0, start, prompt_mask, steps,
-                                                                   threshold, reads, 'entropy')
+                    start, steps, threshold, reads = rcd.rollout_rows(x0, prompt_mask, cfg.mask_id,
+                                                                      4, generator=gen)
+                    x_t, masked, t, logits, remasked = rcd.rollout(fwd, x0, start, prompt_mask,
+                                                                   steps, threshold, reads,
+                                                                   'entropy')
                     delta = residual(logits, remasked)
                 elif stage == 'stage2':
                     with torch.no_grad():
                         logits = ref_fwd(x_t, x0)
                     delta = residual(logits, masked)
-                loss = fwd(x_t, x0, delta, loss_weights=loss_weights(masked, t, prompt_mask, 'elbo'))
+                weights = loss_weights(masked, t, prompt_mask, 'elbo')
+                loss = fwd(x_t, x0, delta, loss_weights=weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
         ms = step_ms[stage] = timed(step, warmup, repeats)
         flops = model.flops_per_sequence() * b / (ms / 1000)
-        row(what=f'train {stage}', size=size, batch=b, ms_per_step=ms, tokens_per_s=b * L / (ms / 1000),
-            tflops=flops / 1e12, **({'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak}
-                                   if cuda else {}))
+        mfu = {'mfu_datasheet': flops / peak, 'mfu_matmul': flops / measured_peak} if cuda else {}
+        row(what=f'train {stage}', size=size, batch=b, ms_per_step=ms,
+            tokens_per_s=b * L / (ms / 1000), tflops=flops / 1e12, **mfu)
         if profile:
             print_profile(step, f'{size} {stage} training step')
     row(what='train stage2/stage1', size=size, every_row=step_ms['stage2'] / step_ms['stage1'],
@@ -178,14 +196,14 @@ def bench_train(size, spec, cfg):
 
 
 def bench_attention(size, spec, cfg):
-    """Training attention (2L - B tokens) fwd+bwd: FlexAttention, SDPA with the dense mask, causal SDPA;
-    and the sampler's attention of one block against the cache."""
+    """Training attention (2L - B tokens) fwd+bwd: FlexAttention, SDPA with the dense mask, causal
+    SDPA; and the sampler's attention of one block against the cache."""
     B = cfg.block_size
     H, D = cfg.n_head, cfg.n_embd // cfg.n_head
     for n, b in spec['attn'].items():
         def fwd_bwd(attend, length):  # forward only on CPU, where FlexAttention has no backward
-            q, k, v = (torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16, requires_grad=cuda)
-                       for _ in range(3))
+            q, k, v = (torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16,
+                                   requires_grad=cuda) for _ in range(3))
             grad = torch.randn(b, H, length, D, device=dev, dtype=torch.bfloat16)
             return lambda: attend(q, k, v).backward(grad) if cuda else attend(q, k, v)
         dense = training_mask(n, B, dev, False)
@@ -196,30 +214,37 @@ def bench_attention(size, spec, cfg):
                         sdpa_causal=lambda q, k, v: sdpa(q, k, v, is_causal=True))
         length = training_len(n, B)  # the 2L - B tokens the model's training attention reads
         t = {name: timed(fwd_bwd(fn, length), warmup, repeats) for name, fn in variants.items()}
-        row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b, **{f'{k}_ms': v for k, v in t.items()},
+        row(what='attention train fwd+bwd (2L)', size=size, L=n, batch=b,
+            **{f'{k}_ms': v for k, v in t.items()},
             **({'flex_over_causal': t['flex'] / t['sdpa_causal']} if cuda else {}),
             model_uses='flex' if uses_flex(length, dev) else 'sdpa_dense_mask')
-        # inference: the last block's B queries against a cache buffer of n keys, under the sampler's mask
-        # (all visible here) vs SDPA with no mask at all, the lower bound
+        # inference: the last block's B queries against a cache buffer of n keys, under the
+        # sampler's mask (all visible here) vs SDPA with no mask at all, the lower bound
         q = torch.randn(64, H, B, D, device=dev, dtype=torch.bfloat16)
         k, v = (torch.randn(64, H, n, D, device=dev, dtype=torch.bfloat16) for _ in range(2))
         t_sdpa = timed(lambda: sdpa(q, k, v), warmup, repeats)
-        t_mask = timed(lambda: sdpa(q, k, v, attn_mask=inference_mask(n - B + torch.arange(B, device=dev), n, B)),
-                       warmup, repeats)
-        row(what='attention inference fwd (block vs cache)', size=size, L=n, batch=64, sdpa_no_mask_ms=t_sdpa,
-            sampler_ms=t_mask)
+
+        def sampler_attention():
+            positions = n - B + torch.arange(B, device=dev)
+            return sdpa(q, k, v, attn_mask=inference_mask(positions, n, B))
+        t_mask = timed(sampler_attention, warmup, repeats)
+        row(what='attention inference fwd (block vs cache)', size=size, L=n, batch=64,
+            sdpa_no_mask_ms=t_sdpa, sampler_ms=t_mask)
 
 
 def bench_sample(size, spec, cfg):
-    """Sampling time and forward passes, baseline vs RCD, with the cache (graph, eager) and without."""
+    """Sampling time and forward passes, baseline vs RCD, with the cache (graph, eager) and
+    without."""
     B, V = cfg.block_size, cfg.vocab_size
     torch.manual_seed(0)
     model = BlockDiffusionLM(cfg).to(dev).eval()
     for b in spec['sample_batches']:
-        prompt = torch.randint(0, V - 2, (b, B), device=dev)  # one block of prompt, then `blocks` new blocks
+        # one block of prompt, then `blocks` new blocks
+        prompt = torch.randint(0, V - 2, (b, B), device=dev)
         new = spec['blocks'] * B
         t_ms, per_pass = {}, {}
-        caches = ('graph', 'eager', 'none') if cuda else ('eager', 'none')  # graph: the sampler's CUDA default
+        # graph: the sampler's default on CUDA
+        caches = ('graph', 'eager', 'none') if cuda else ('eager', 'none')
         for cache in caches:
             for k in (1, 2, 4, 8):
                 for method in ('baseline', 'rcd'):
@@ -231,15 +256,18 @@ def bench_sample(size, spec, cfg):
                     passes = int(run()[1][0])  # also the warm-up
                     ms = t_ms[method, cache, k] = timed(run, 0, max(3, repeats // 5))
                     per_pass[method, cache, k] = ms / passes
-                    row(what='sample', size=size, batch=b, method=method, kv_cache=cache, tokens_per_step=k,
-                        forward_passes=passes, ms=ms, tokens_per_s=b * new / (ms / 1000),
-                        ms_per_pass=ms / passes)
+                    row(what='sample', size=size, batch=b, method=method, kv_cache=cache,
+                        tokens_per_step=k, forward_passes=passes, ms=ms,
+                        tokens_per_s=b * new / (ms / 1000), ms_per_pass=ms / passes)
         for k in (1, 2, 4, 8):
+            base = t_ms['baseline', caches[0], k]  # the sampler's default cache
+            rcd_cost = per_pass['rcd', caches[0], k] / per_pass['baseline', caches[0], k] - 1
+            graph = {}
+            if cuda:
+                graph['graph_over_eager_speedup'] = t_ms['baseline', 'eager', k] / base
             row(what='sample summary', size=size, batch=b, tokens_per_step=k,
-                rcd_overhead_per_pass=per_pass['rcd', caches[0], k] / per_pass['baseline', caches[0], k] - 1,
-                kv_cache_speedup=t_ms['baseline', 'none', k] / t_ms['baseline', caches[0], k],
-                **({'graph_over_eager_speedup': t_ms['baseline', 'eager', k] / t_ms['baseline', 'graph', k]}
-                   if cuda else {}))
+                rcd_overhead_per_pass=rcd_cost, kv_cache_speedup=t_ms['baseline', 'none', k] / base,
+                **graph)
     del model
 
 
