@@ -1,33 +1,36 @@
-"""GPU paths against the CPU reference (skipped without CUDA; run on a GPU machine): the compiled training pass
-(FlexAttention), the compiled residual of the sampler and stage 2, stage 2's rollout on the compiled model, and bf16
-autocast against float32. The CUDA-graph sampler is checked in test_sample.py and FlexAttention alone in
-test_model.py."""
+"""GPU paths against the CPU reference (skipped without CUDA; run on a GPU machine): the compiled
+training pass (FlexAttention), the compiled residual of the sampler and stage 2, stage 2's rollout
+on the compiled model, and bf16 autocast against float32. The CUDA-graph sampler is checked in
+test_sample.py and FlexAttention alone in test_model.py."""
 import copy
 
 import pytest
 import torch
 
 import rcd
-from model import FLEX_MIN_TOKENS, BlockDiffusionLM, ModelConfig, loss_weights, training_len, uses_flex
+from model import (FLEX_MIN_TOKENS, BlockDiffusionLM, ModelConfig, loss_weights, training_len,
+                   uses_flex)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
 
 
 def model_pair(seq_len=64):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, mask_id=49, seq_len=seq_len, block_size=8, n_layer=2, n_head=2, n_embd=64)
+    cfg = ModelConfig(vocab_size=50, mask_id=49, seq_len=seq_len, block_size=8, n_layer=2, n_head=2,
+                      n_embd=64)
     cpu = BlockDiffusionLM(cfg)
     return cfg, cpu, copy.deepcopy(cpu).cuda()
 
 
-@pytest.mark.parametrize('seq_len', [FLEX_MIN_TOKENS, 48])  # FlexAttention; SDPA with the dense mask
+# FlexAttention; SDPA with the dense mask
+@pytest.mark.parametrize('seq_len', [FLEX_MIN_TOKENS, 48])
 def test_compiled_training_pass_matches_the_cpu_path(seq_len):
     cfg, cpu, gpu = model_pair(seq_len)
     assert uses_flex(training_len(seq_len, 8), torch.device('cuda')) == (seq_len > 48)
     x0 = torch.randint(0, 48, (4, seq_len))
     x_t = torch.where(torch.rand(4, seq_len) < 0.5, cfg.mask_id, x0)
-    w = loss_weights(x_t == cfg.mask_id, torch.full((4, seq_len), 0.5), torch.zeros(4, seq_len, dtype=torch.bool),
-                     'elbo')
+    w = loss_weights(x_t == cfg.mask_id, torch.full((4, seq_len), 0.5),
+                     torch.zeros(4, seq_len, dtype=torch.bool), 'elbo')
     want = cpu(x_t, x0, loss_weights=w)
     got = torch.compile(gpu)(x_t.cuda(), x0.cuda(), loss_weights=w.cuda())
     assert torch.allclose(got.cpu(), want, rtol=1e-3, atol=1e-4)
@@ -60,9 +63,11 @@ def test_bf16_autocast_stays_close_to_float32():
 
 
 def test_compiled_rollout_matches_the_cpu_path():
-    # stage 2's rollout on the compiled CUDA model: each step runs a different number of rows (as training does)
+    # stage 2's rollout on the compiled CUDA model: each step runs a different number of rows (as
+    # training does)
     cfg, cpu, gpu = model_pair()
-    with torch.no_grad():  # confident predictions: commits far from the thresholds, so both paths commit alike
+    # confident predictions: commits far from the thresholds, so both paths commit alike
+    with torch.no_grad():
         for m in (cpu, gpu):
             m.lm_head.weight.mul_(40)
     x0 = torch.randint(0, 48, (12, 64))

@@ -1,4 +1,5 @@
-"""Masks against brute-force predicates, attention back ends, the KV cache, the autoregressive special case, the loss."""
+"""Masks against brute-force predicates, attention back ends, the KV cache, the autoregressive
+special case, the loss."""
 import math
 
 import pytest
@@ -39,9 +40,11 @@ def test_training_mask_matches_spec(L, B):
     assert mask.float().sum() == L * L  # the pair count flops_per_sequence() assumes
 
 
-@pytest.mark.parametrize('n_q,offset,n_kv,B', [(12, 0, 12, 4), (4, 8, 12, 4), (4, 8, 24, 4), (5, 0, 5, 1), (6, 3, 15, 3)])
+@pytest.mark.parametrize('n_q,offset,n_kv,B', [(12, 0, 12, 4), (4, 8, 12, 4), (4, 8, 24, 4),
+                                               (5, 0, 5, 1), (6, 3, 15, 3)])
 def test_inference_mask_is_block_causal(n_q, offset, n_kv, B):
-    """Queries at positions offset.. against a key buffer of n_kv positions: earlier and own blocks only."""
+    """Queries at positions offset.. against a key buffer of n_kv positions: earlier and own blocks
+    only."""
     mask = inference_mask(offset + torch.arange(n_q), n_kv, B)
     want = torch.zeros(n_q, n_kv, dtype=torch.bool)
     for q in range(n_q):  # a query sees the key prefix that ends where its own block ends
@@ -53,26 +56,31 @@ def test_inference_mask_is_block_causal(n_q, offset, n_kv, B):
 
 
 def test_block_size_one_is_causal():
-    assert torch.equal(inference_mask(torch.arange(10), 10, 1), torch.ones(10, 10, dtype=torch.bool).tril())
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()
+    assert torch.equal(inference_mask(torch.arange(10), 10, 1), causal)
     m = training_mask(6, 1, CPU, False)
-    assert torch.equal(m[:6, :6], torch.eye(6, dtype=torch.bool))              # x_t token sees only itself ...
-    assert torch.equal(m[:6, 6:], torch.ones(6, 5, dtype=torch.bool).tril(-1))  # ... and the clean strict prefix
+    # an x_t token sees only itself ...
+    assert torch.equal(m[:6, :6], torch.eye(6, dtype=torch.bool))
+    # ... and the clean strict prefix
+    assert torch.equal(m[:6, 6:], torch.ones(6, 5, dtype=torch.bool).tril(-1))
 
 
 @pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason='CUDA only'))])
-@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')  # unfused on CPU on purpose
+# unfused on CPU on purpose
+@pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')
 def test_flex_attention_agrees_with_sdpa(device):
     L, B = 64, 8
     torch.manual_seed(0)
     n = training_len(L, B)
     q, k, v = (torch.randn(2, 2, n, 16, device=device) for _ in range(3))
-    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=training_mask(L, B, torch.device(device), False))
+    mask = training_mask(L, B, torch.device(device), False)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if device == 'cuda':  # the model's own path: compiled FlexAttention with the cached BlockMask
         flex = attention(q, k, v, training_mask(L, B, torch.device(device), True))
     else:  # FlexAttention runs (unfused) on CPU too: the same predicate drives both back ends
-        flex = flex_attention(q, k, v, block_mask=create_block_mask(training_mask_mod(L, B), None, None, n, n,
-                                                                    device='cpu'))
+        block_mask = create_block_mask(training_mask_mod(L, B), None, None, n, n, device='cpu')
+        flex = flex_attention(q, k, v, block_mask=block_mask)
     assert torch.allclose(flex, dense, atol=2e-5 if device == 'cpu' else 2e-3)
 
 
@@ -80,11 +88,14 @@ def test_kv_cache_matches_full_forward():
     model = tiny_model()
     x = torch.randint(0, 10, (3, 24))
     full = model(x)
-    cache = KVCache(model.cfg.n_layer, 16, CPU)  # a buffer of 16 positions: the unwritten ones must stay invisible
+    # a buffer of 16 positions: the unwritten ones must stay invisible
+    cache = KVCache(model.cfg.n_layer, 16, CPU)
     first = model(x[:, :8], cache=cache)  # a two-block chunk (block-causal inside), kept
     cache.advance(8)
-    other = model(x[:, 12:16], cache=cache)                   # a step with other tokens, overwritten below
-    second = model(x[:, 8:12], cache=cache)                  # one block read against the cache, not stored
+    # a step with other tokens, overwritten below
+    other = model(x[:, 12:16], cache=cache)
+    # one block read against the cache, not stored
+    second = model(x[:, 8:12], cache=cache)
     assert cache.length == 8 and int(cache.start) == 8
     third = model(x[:, 8:12], cache=cache)
     cache.advance(4)
@@ -114,7 +125,8 @@ def test_delta_is_added_to_input_embeddings():
     delta = torch.zeros(1, 8, 32)
     delta[0, 5] = torch.randn(32)
     injected = model(x, delta=delta)
-    hook = model.wte.register_forward_hook(lambda mod, inp, out: out + delta)  # the same, done by hand
+    # the same, done by hand
+    hook = model.wte.register_forward_hook(lambda mod, inp, out: out + delta)
     by_hand = model(x)
     hook.remove()
     assert torch.allclose(injected, by_hand, atol=1e-6)
@@ -134,7 +146,8 @@ def test_add_noise_never_masks_the_prompt_and_follows_the_rate():
     g = torch.Generator().manual_seed(0)
     x_t, masked, t = add_noise(x0, prompt, 8, 10, 0.3, 0.8, g)
     assert not masked[:, :20].any() and torch.equal(x_t == 10, masked)
-    assert ((t > 0.3) & (t <= 0.8)).all() and (t.view(64, 12, 8) == t.view(64, 12, 8)[..., :1]).all()  # one t per block
+    assert ((t > 0.3) & (t <= 0.8)).all()
+    assert (t.view(64, 12, 8) == t.view(64, 12, 8)[..., :1]).all()  # one t per block
     assert abs(masked[:, 20:].float().mean().item() - 0.55) < 0.02
 
 
@@ -145,16 +158,19 @@ def test_loss_on_a_hand_made_batch():
     masked = torch.tensor([[False, True, True, False]])
     t = torch.tensor([[0.5, 0.5, 0.25, 0.25]])
     prompt = torch.tensor([[True, False, False, False]])
-    ce1, ce2 = -math.log(3 / 5), -math.log(1 / 3)  # position 1 (p = 3/5), position 2 (uniform over 3)
+    # position 1 (p = 3/5), position 2 (uniform over 3)
+    ce1, ce2 = -math.log(3 / 5), -math.log(1 / 3)
     elbo = diffusion_loss(logits, x0, loss_weights(masked, t, prompt, 'elbo'))
-    assert math.isclose(elbo.item(), (ce1 / 0.5 + ce2 / 0.25) / 3, rel_tol=1e-5)  # 3 noisable tokens
+    # 3 noisable tokens
+    assert math.isclose(elbo.item(), (ce1 / 0.5 + ce2 / 0.25) / 3, rel_tol=1e-5)
     mean = diffusion_loss(logits, x0, loss_weights(masked, t, prompt, 'mean'))
     assert math.isclose(mean.item(), (ce1 + ce2) / 2, rel_tol=1e-5)
 
 
 def test_flops_count():
-    """Counted independently: torch's FLOP counter over a real training pass (forward + backward) for the matmuls,
-    plus 12·d FLOPs per layer for each (query, key) pair the training mask allows, counted on the mask itself."""
+    """Counted independently: torch's FLOP counter over a real training pass (forward + backward)
+    for the matmuls, plus 12·d FLOPs per layer for each (query, key) pair the training mask allows,
+    counted on the mask itself."""
     from torch.utils.flop_counter import FlopCounterMode
     cfg = ModelConfig(vocab_size=100, seq_len=32, block_size=8, n_layer=2, n_head=2, n_embd=16)
     model = BlockDiffusionLM(cfg)

@@ -1,5 +1,5 @@
-"""Sampler invariants: the KV cache changes nothing, commit schedules, forward-pass counts, block size 1 is
-autoregressive decoding."""
+"""Sampler invariants: the KV cache changes nothing, commit schedules, forward-pass counts, block
+size 1 is autoregressive decoding."""
 import copy
 
 import pytest
@@ -14,7 +14,8 @@ MASK, EOS = 10, 9
 
 def tiny_model(block_size=4):
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=11, mask_id=MASK, seq_len=32, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
+    cfg = ModelConfig(vocab_size=11, mask_id=MASK, seq_len=32, block_size=block_size, n_layer=2,
+                      n_head=2, n_embd=32)
     return BlockDiffusionLM(cfg).eval()
 
 
@@ -26,28 +27,33 @@ def test_commit_counts():
     assert commit_counts(10, 4) == [4, 3, 3]  # spread evenly, not 4, 4, 2
 
 
-@pytest.mark.parametrize('rule', [dict(tokens_per_step=1), dict(tokens_per_step=3), dict(threshold=0.3),
-                                  dict(tokens_per_step=2, temperature=1.0)])
+@pytest.mark.parametrize('rule', [dict(tokens_per_step=1), dict(tokens_per_step=3),
+                                  dict(threshold=0.3), dict(tokens_per_step=2, temperature=1.0)])
 def test_kv_cache_gives_the_same_tokens(counting_model, rule):
     prompt = torch.randint(0, 9, (3, 6))
-    outs = [decode(counting_model, prompt, 20, use_cache=c, generator=torch.Generator().manual_seed(1), **rule)
+    outs = [decode(counting_model, prompt, 20, use_cache=c,
+                   generator=torch.Generator().manual_seed(1), **rule)
             for c in (True, False)]
     assert torch.equal(outs[0][0], outs[1][0])
-    assert len(set(outs[0][0][:, 6:].flatten().tolist())) > 3  # a context-dependent sequence, not one token
+    # a context-dependent sequence, not one token
+    assert len(set(outs[0][0][:, 6:].flatten().tolist())) > 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA only')
-@pytest.mark.parametrize('rule', [dict(tokens_per_step=2), dict(threshold=0.3, alpha_mode='entropy'),
-                                  dict(tokens_per_step=1, alpha_mode='entropy', first_step='reference'),
-                                  dict(tokens_per_step=2, alpha_mode='entropy', first_step='self')])
+@pytest.mark.parametrize('rule', [
+    dict(tokens_per_step=2), dict(threshold=0.3, alpha_mode='entropy'),
+    dict(tokens_per_step=1, alpha_mode='entropy', first_step='reference'),
+    dict(tokens_per_step=2, alpha_mode='entropy', first_step='self')])
 def test_cuda_graph_gives_the_eager_tokens(counting_model, rule):
-    """The replayed CUDA graph of a block's pass (the sampler's default on CUDA) against the eager pass, under bf16
-    autocast as in sample.py and eval.py, with a prompt that ends inside a block and rows stopping at <eos>."""
+    """The replayed CUDA graph of a block's pass (the sampler's default on CUDA) against the eager
+    pass, under bf16 autocast as in sample.py and eval.py, with a prompt that ends inside a block
+    and rows stopping at <eos>."""
     model = copy.deepcopy(counting_model).cuda()
     reference = tiny_model(4).cuda() if rule.get('first_step') == 'reference' else None
     prompt = torch.randint(0, 9, (3, 6), device='cuda')
     with torch.autocast('cuda', dtype=torch.bfloat16):
-        graph, eager = (decode(model, prompt, 20, eos_id=EOS, reference=reference, cuda_graph=g, **rule)
+        graph, eager = (decode(model, prompt, 20, eos_id=EOS, reference=reference, cuda_graph=g,
+                               **rule)
                         for g in (True, False))
     assert torch.equal(graph[0], eager[0]) and torch.equal(graph[1], eager[1])
 
@@ -57,7 +63,8 @@ def test_static_rule_invariants_and_pass_count():
     prompt = torch.randint(0, 9, (2, 6))  # blocks of 4: prompt fills block 0 and half of block 1
     out, passes = decode(model, prompt, 18, tokens_per_step=2)
     assert torch.equal(out[:, :6], prompt) and not (out == MASK).any() and out.shape == (2, 24)
-    # block 1: 2 masks -> 1 step; blocks 2..5: 4 masks -> 2 steps each; a cache fill after every block but the last
+    # block 1: 2 masks -> 1 step; blocks 2..5: 4 masks -> 2 steps each; a cache fill after every
+    # block but the last
     assert passes.tolist() == [1 + 4 * 2 + 4] * 2
 
 
@@ -71,12 +78,14 @@ def test_rows_stop_after_their_eos_block():
     model = tiny_model()
     with torch.no_grad():
         model.lm_head.weight.data[EOS] *= 0
-        model.lm_head.weight.data[EOS, 0] = 50.0  # make <eos> very likely wherever feature 0 is positive
+        # make <eos> very likely wherever feature 0 is positive
+        model.lm_head.weight.data[EOS, 0] = 50.0
     out, passes = decode(model, torch.randint(0, 9, (4, 4)), 24, tokens_per_step=4, eos_id=EOS)
     for row, n in zip(out.tolist(), passes.tolist()):
         gen = row[4:]
         first_eos_block = next(i // 4 for i, t in enumerate(gen) if t == EOS)
-        assert n == 2 * first_eos_block + 1  # one step per block + a fill per finished, non-final block
+        # one step per block + a fill per finished, non-final block
+        assert n == 2 * first_eos_block + 1
 
 
 def test_block_size_one_is_autoregressive_decoding():
@@ -84,7 +93,8 @@ def test_block_size_one_is_autoregressive_decoding():
     prompt = torch.randint(0, 9, (2, 3))
     out, passes = decode(model, prompt, 7, tokens_per_step=1, use_cache=False)
     x = prompt
-    for _ in range(7):  # greedy AR: each new position is read as [MASK] after the clean prefix, one at a time
+    # greedy AR: each new position is read as [MASK] after the clean prefix, one at a time
+    for _ in range(7):
         logits = model(torch.cat((x, torch.full((2, 1), MASK)), dim=1))[:, -1]
         logits[:, MASK] = float('-inf')
         x = torch.cat((x, logits.argmax(-1, keepdim=True)), dim=1)
@@ -92,13 +102,14 @@ def test_block_size_one_is_autoregressive_decoding():
 
 
 class ScriptedModel(torch.nn.Module):
-    """A stand-in whose predictions are fixed per row: row r predicts token favourite[r] everywhere, with the
-    confidence rising along the block (so the static rule's order is known). It ignores the cache and residuals."""
+    """A stand-in whose predictions are fixed per row: row r predicts token favourite[r] everywhere,
+    with the confidence rising along the block (so the static rule's order is known). It ignores the
+    cache and residuals."""
 
     def __init__(self, favourite, vocab=11, block_size=4, seq_len=16):
         super().__init__()
-        self.cfg = ModelConfig(vocab_size=vocab, mask_id=vocab - 1, seq_len=seq_len, block_size=block_size,
-                               n_layer=1, n_head=1, n_embd=2)
+        self.cfg = ModelConfig(vocab_size=vocab, mask_id=vocab - 1, seq_len=seq_len,
+                               block_size=block_size, n_layer=1, n_head=1, n_embd=2)
         self.wte = torch.nn.Embedding(vocab, 2)
         self.favourite = torch.tensor(favourite)
 
@@ -113,31 +124,36 @@ class ScriptedModel(torch.nn.Module):
 @pytest.mark.parametrize('use_cache', [True, False])
 def test_exact_pass_counts_with_eos_in_the_middle_of_a_batch(use_cache):
     EOS = 9
-    model = ScriptedModel([EOS, 1, 2])  # row 0 writes eos in its first new block; rows 1 and 2 never do
+    # row 0 writes eos in its first new block; rows 1 and 2 never do
+    model = ScriptedModel([EOS, 1, 2])
     prompt = torch.ones(3, 4, dtype=torch.long)  # one whole block: prefilled, not counted
     out, passes = decode(model, prompt, 12, eos_id=EOS, tokens_per_step=2, use_cache=use_cache)
-    # row 0: block 1 in 2 steps (4 masks, 2 per step), then done: no cache fill. Rows 1, 2: 3 blocks of 2 steps,
-    # and with the cache one fill after each of the first two blocks (none after the last).
+    # row 0: block 1 in 2 steps (4 masks, 2 per step), then done: no cache fill. Rows 1, 2: 3 blocks
+    # of 2 steps, and with the cache one fill after each of the first two blocks (none after the
+    # last).
     fills = 2 if use_cache else 0
     assert passes.tolist() == [2, 6 + fills, 6 + fills]
     assert (out[0, 4:8] == EOS).all() and (out[1, 4:] == 1).all() and (out[2, 4:] == 2).all()
     _, passes = decode(model, prompt, 12, eos_id=EOS, threshold=0.5, use_cache=use_cache)
-    assert passes.tolist() == [1, 3 + fills, 3 + fills]  # every position is confident: one step a block
+    # every position is confident: one step a block
+    assert passes.tolist() == [1, 3 + fills, 3 + fills]
 
 
-@pytest.mark.parametrize('temperature,want', [(0.5, [0.36, 0.09, 0.01]), (2.0, [0.6 ** 0.5, 0.3 ** 0.5, 0.1 ** 0.5])])
+@pytest.mark.parametrize('temperature,want', [(0.5, [0.36, 0.09, 0.01]),
+                                              (2.0, [0.6 ** 0.5, 0.3 ** 0.5, 0.1 ** 0.5])])
 def test_sampling_temperature_on_a_known_distribution(temperature, want):
     from engine import step_functions
     from sample import Decoding, predict
     probs_of = step_functions(torch.device('cpu'))[0]
     logits = torch.tensor([0.6, 0.3, 0.1, 1e-30]).log().expand(20000, 1, 4)  # token 3 is [MASK]
     probs = probs_of(logits, 3, temperature)
-    pred, conf = predict(probs, torch.ones(20000, 1, dtype=torch.bool), Decoding(temperature=temperature),
-                         torch.Generator().manual_seed(0))
+    pred, conf = predict(probs, torch.ones(20000, 1, dtype=torch.bool),
+                         Decoding(temperature=temperature), torch.Generator().manual_seed(0))
     freq = torch.bincount(pred.flatten(), minlength=4).float() / 20000
     want = torch.tensor(want + [0.0]) / sum(want)  # p^(1/T), normalised
     assert torch.allclose(freq, want, atol=0.01) and freq[3] == 0
-    assert torch.allclose(conf.flatten(), want[pred.flatten()])  # a committed token's confidence is its p
+    # a committed token's confidence is its p
+    assert torch.allclose(conf.flatten(), want[pred.flatten()])
 
 
 def test_threshold_rule_commits_a_confidence_exactly_at_the_threshold():

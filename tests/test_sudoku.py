@@ -1,5 +1,6 @@
-"""The Sudoku task: generated puzzles are valid, uniquely solvable and held out from training; answers are scored on
-the exact grid; the paired interval that compares two methods on the same puzzles, by hand."""
+"""The Sudoku task: generated puzzles are valid, uniquely solvable and held out from training;
+answers are scored on the exact grid; the paired interval that compares two methods on the same
+puzzles, by hand."""
 import os
 import pickle
 import random
@@ -17,14 +18,15 @@ SOLVED = '5346789126721953481983425678597614234268537917139248569615372842874196
 
 
 def count_solutions(puzzle, limit=2):
-    """Backtracking solution count (up to `limit`), independent of the generator's naked-singles solver."""
+    """Backtracking solution count (up to `limit`), independent of the generator's naked-singles
+    solver."""
     grid = list(puzzle)
 
     def ok(i, d):
         r, c = divmod(i, 9)
         b = r // 3 * 27 + c // 3 * 3
-        return all(grid[r * 9 + k] != d and grid[k * 9 + c] != d and grid[b + k // 3 * 9 + k % 3] != d
-                   for k in range(9))
+        return all(grid[r * 9 + k] != d and grid[k * 9 + c] != d
+                   and grid[b + k // 3 * 9 + k % 3] != d for k in range(9))
 
     def search():
         if 0 not in grid:
@@ -45,8 +47,8 @@ def count_solutions(puzzle, limit=2):
 @pytest.fixture(scope='module')
 def small_set(tmp_path_factory):
     out = tmp_path_factory.mktemp('sudoku')
-    r = run_script('data/sudoku/prepare.py', '--n_train=400', '--n_val=20', '--n_test=20', '--n_train_grids=50',
-                   f'--out_dir={out}')
+    r = run_script('data/sudoku/prepare.py', '--n_train=400', '--n_val=20', '--n_test=20',
+                   '--n_train_grids=50', f'--out_dir={out}')
     assert r.returncode == 0, r.stderr
     return str(out)
 
@@ -66,7 +68,8 @@ def test_puzzles_have_one_solution_that_naked_singles_find(small_set):
     for prompt, solution in problems[:8]:
         cells = prompt[:81]
         assert len(prompt) == 96 and prompt.endswith('\n') and cells.count('.') == 44
-        assert all(c == '.' or c == s for c, s in zip(cells, solution))  # the givens are the solution's
+        # the givens are the solution's
+        assert all(c == '.' or c == s for c, s in zip(cells, solution))
         puzzle = [0 if c == '.' else int(c) for c in cells]
         assert count_solutions(puzzle) == 1
         assert ''.join(map(str, sudoku.singles_solve(np.array([puzzle]))[0])) == solution
@@ -97,7 +100,8 @@ def test_answers_are_scored_on_the_exact_grid():
     # the arithmetic task's answer line
     assert is_right(answer_of('1+2=3\n#### 3\n', '#### '), '#### 3\n', '#### ')
     assert not is_right(answer_of('1+2=3\n#### 4\n', '#### '), '#### 3\n', '#### ')
-    assert not is_right(answer_of('1+2=3\n', '#### '), '#### 3\n', '#### ')  # no answer line: unparsable
+    # no answer line: unparsable
+    assert not is_right(answer_of('1+2=3\n', '#### '), '#### 3\n', '#### ')
 
 
 def test_intervals_by_hand():
@@ -140,15 +144,18 @@ def test_the_hull_mixes_two_neighbouring_settings_by_hand():
 def test_rcd_knobs_are_chosen_once_per_seed_on_val_and_the_residual_off_is_its_own_row():
     on = dict(use_rcd=True, first_step='zero')
     val, test = [], []
-    for temp, val_items, test_items in ((1.0, '1100', '1000'), (2.0, '1110', '1100')):  # T_res 2 wins on val
+    # T_res 2 wins on val
+    for temp, val_items, test_items in ((1.0, '1100', '1000'), (2.0, '1110', '1100')):
         for split, it in (('val', val_items), ('test', test_items)):
             acc = it.count('1') / 4
             rows = val if split == 'val' else test
-            rows += [record('rcd', split, 1, acc, 9.0, it, alpha_scale=0.25, residual_temperature=temp, **on),
-                     record('rcd', split, 0.9, acc, 3.0, it, alpha_scale=0.25, residual_temperature=temp, **on)]
+            knobs = dict(alpha_scale=0.25, residual_temperature=temp, **on)
+            rows += [record('rcd', split, 1, acc, 9.0, it, **knobs),
+                     record('rcd', split, 0.9, acc, 3.0, it, **knobs)]
     for split, rows in (('val', val), ('test', test)):
-        rows += [record('rcd', split, 1, 0.5, 9.0, '1000', alpha_scale=0.0, residual_temperature=1.0, **on),
-                 record('rcd', split, 0.9, 0.5, 3.0, '1000', alpha_scale=0.0, residual_temperature=1.0, **on)]
+        off = dict(alpha_scale=0.0, residual_temperature=1.0, **on)
+        rows += [record('rcd', split, 1, 0.5, 9.0, '1000', **off),
+                 record('rcd', split, 0.9, 0.5, 3.0, '1000', **off)]
     front = frontiers(test, val, [3.0])
     assert set(front) == {('rcd', 1), ('rcd_off', 1)}
     assert {r['residual_temperature'] for r in front['rcd', 1][1].values()} == {2.0}
@@ -162,19 +169,23 @@ def test_greedy_digging_leaves_no_removable_given():
     rng = np.random.default_rng(0)
     grids = np.array([sudoku.fill_grid(random.Random(i)) for i in range(8)])
     puzzles = sudoku.dig_greedy(grids, rng)
-    assert ((sudoku.singles_solve(puzzles) == grids).all()) and (puzzles[puzzles != 0] == grids[puzzles != 0]).all()
+    assert (sudoku.singles_solve(puzzles) == grids).all()
+    assert (puzzles[puzzles != 0] == grids[puzzles != 0]).all()
     assert (puzzles == 0).sum(1).mean() > 48  # more blanks than random digging can reach
-    for p in puzzles[:3]:  # maximal: blanking any one more given leaves a puzzle naked singles cannot finish
+    # maximal: blanking any one more given leaves a puzzle naked singles cannot finish
+    for p in puzzles[:3]:
         for i in np.flatnonzero(p):
             trial = p.copy()
             trial[i] = 0
             assert (sudoku.singles_solve(trial[None]) == 0).any()
-    assert (sudoku.singles_rounds(puzzles) > sudoku.singles_rounds(sudoku.dig(grids, 44, rng))).mean() > 0.5
+    random_dug = sudoku.dig(grids, 44, rng)
+    assert (sudoku.singles_rounds(puzzles) > sudoku.singles_rounds(random_dug)).mean() > 0.5
 
 
 def cycle_type(a, b):
-    """The cycle lengths of the digit permutation that maps row a onto row b, column by column: unchanged by
-    relabelling the digits (a conjugation) and by permuting the columns (the same map)."""
+    """The cycle lengths of the digit permutation that maps row a onto row b, column by column:
+    unchanged by relabelling the digits (a conjugation) and by permuting the columns (the same
+    map)."""
     sigma, seen, lengths = dict(zip(a, b)), set(), []
     for start in sigma:
         n, d = 0, start
@@ -186,9 +197,10 @@ def cycle_type(a, b):
 
 
 def invariant(grid):
-    """A fingerprint of a grid that every Sudoku symmetry preserves (digit relabelling, row and column swaps in
-    bands and stacks, band and stack swaps, transposition): the cycle types of all pairs of rows, split into
-    pairs inside a band and across bands; the same for the columns; the two sorted (transposition swaps them)."""
+    """A fingerprint of a grid that every Sudoku symmetry preserves (digit relabelling, row and
+    column swaps in bands and stacks, band and stack swaps, transposition): the cycle types of all
+    pairs of rows, split into pairs inside a band and across bands; the same for the columns; the
+    two sorted (transposition swaps them)."""
     g = np.asarray(grid).reshape(9, 9)
 
     def part(rows):
@@ -203,8 +215,10 @@ def test_held_out_grids_are_no_symmetric_copy_of_a_training_grid(small_set):
     base = np.array([sudoku.fill_grid(random.Random(i)) for i in range(30)])
     copies = sudoku.symmetry_copies(base, 60, np.random.default_rng(0))
     fingerprints = {invariant(g) for g in base}
-    assert len(fingerprints) == 30 and {invariant(g) for g in copies} <= fingerprints  # it sees through copies
-    train = np.fromfile(os.path.join(small_set, 'train.bin'), dtype=np.uint16).reshape(-1, 192)[:, 96:177] + 1
+    # it sees through copies
+    assert len(fingerprints) == 30 and {invariant(g) for g in copies} <= fingerprints
+    rows = np.fromfile(os.path.join(small_set, 'train.bin'), dtype=np.uint16).reshape(-1, 192)
+    train = rows[:, 96:177] + 1
     seen = {invariant(g) for g in train}
     for split in ('val', 'test'):
         with open(os.path.join(small_set, f'{split}.pkl'), 'rb') as f:

@@ -1,5 +1,5 @@
-"""Training end to end through the real scripts: loss goes down, checkpoints round-trip, resume is exact, bad input
-gets a clear message."""
+"""Training end to end through the real scripts: loss goes down, checkpoints round-trip, resume is
+exact, bad input gets a clear message."""
 import json
 import os
 import pickle
@@ -23,8 +23,8 @@ def read_log(out_dir):
 
 
 def train(tiny_reasoning, out_dir, *extra):
-    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64', f'--out_dir={out_dir}',
-                   *extra)
+    r = run_script('train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
+                   f'--out_dir={out_dir}', *extra)
     assert r.returncode == 0, r.stdout + r.stderr
     return r
 
@@ -39,7 +39,8 @@ def test_training_lowers_the_loss_and_checkpoint_round_trips(tiny_reasoning, tmp
     model = checkpoint.build_model(ckpt['model_args'], ckpt['model']).eval()
     path = str(tmp_path / 'again.pt')
     checkpoint.save_checkpoint(dict(ckpt, model=model.state_dict()), path)
-    again = checkpoint.build_model(ckpt['model_args'], checkpoint.load_checkpoint(path)['model']).eval()
+    reloaded = checkpoint.load_checkpoint(path)['model']
+    again = checkpoint.build_model(ckpt['model_args'], reloaded).eval()
     x = torch.randint(0, ckpt['meta']['vocab_size'], (2, 64))
     assert torch.equal(model(x), again(x)) and torch.equal(model(x, x), again(x, x))
     assert not os.path.exists(path + '.tmp')
@@ -65,7 +66,8 @@ def test_resume_continues_with_identical_loss(tiny_reasoning, tmp_path):
     (['--dataset=no_such_dataset'], "no dataset 'no_such_dataset'"),
     (['--dataset=/no/such/dir'], "no dataset '/no/such/dir'"),
     (['--seq_len=32'], 'has examples of 64 tokens: set --seq_len=64'),
-    (['--init_from=resume', '--out_dir=/no/such/run'], "checkpoint '/no/such/run/ckpt.pt' not found"),
+    (['--init_from=resume', '--out_dir=/no/such/run'],
+     "checkpoint '/no/such/run/ckpt.pt' not found"),
     (['--loss_weighting=l2'], "loss_weighting='l2' must be 'elbo' or 'mean'"),
     (['--batch_size=0'], 'batch_size=0 must be >= 1'),
     (['--eval_interval=0'], 'eval_interval=0 must be >= 1'),
@@ -80,42 +82,49 @@ def test_resume_continues_with_identical_loss(tiny_reasoning, tmp_path):
     (['--learning_rate=0'], 'learning_rate > 0'),
     (['--beta2=1.5'], 'beta1, beta2 < 1'),
     (['--dropout=1.0'], 'dropout=1.0 must be in [0, 1)'),
-    (['--mask_rate_min=0.9', '--mask_rate_max=0.5'], 'need 0 <= mask_rate_min < mask_rate_max <= 1'),
+    (['--mask_rate_min=0.9', '--mask_rate_max=0.5'],
+     'need 0 <= mask_rate_min < mask_rate_max <= 1'),
     (['--n_head=0'], 'n_head=0 must be >= 1'),
     (['--n_embd=0'], 'n_embd=0 must be >= 1'),
     (['--n_layer=-1'], 'n_layer=-1 must be >= 1'),
     (['--block_size=0'], 'block_size=0 must be >= 1'),
     (['--n_embd=30', '--n_head=4'], 'must split into n_head=4 even heads'),
     (['--dtype=float16'], "dtype='float16' is not supported"),
-    (['--device=cuda:7'] if not __import__('torch').cuda.is_available() else ['--device=tpu'], 'device='),
+    (['--device=cuda:7'] if not __import__('torch').cuda.is_available() else ['--device=tpu'],
+     'device='),
     (['--init_from=latest'], "init_from='latest' must be 'scratch' or 'resume'"),
 ])
 def test_bad_input_is_a_clear_error(tiny_reasoning, tmp_path, monkeypatch, args, message):
-    """In-process for speed: a clear error is a SystemExit carrying the message (anything else fails the test)."""
+    """In-process for speed: a clear error is a SystemExit carrying the message (anything else fails
+    the test)."""
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
-                                      f'--out_dir={tmp_path}', '--max_iters=1', *args])
+    monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}',
+                                      '--seq_len=64', f'--out_dir={tmp_path}', '--max_iters=1',
+                                      *args])
     with pytest.raises(SystemExit) as e:
         runpy.run_path('train_stage1.py', run_name='__main__')
     assert message in str(e.value) and len(str(e.value).splitlines()) <= 2
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    """torchrun --nproc_per_node=4 on a 2-GPU machine: said before torch fails on an invalid device ordinal."""
+    """torchrun --nproc_per_node=4 on a 2-GPU machine: said before torch fails on an invalid device
+    ordinal."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     for k, v in dict(RANK='2', LOCAL_RANK='2', WORLD_SIZE='4', LOCAL_WORLD_SIZE='4').items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SystemExit) as e:
         common.setup_device('auto', 'auto')
-    assert 'started 4 processes on this machine but it has 2 GPUs: use --nproc_per_node=2' in str(e.value)
+    want = 'started 4 processes on this machine but it has 2 GPUs: use --nproc_per_node=2'
+    assert want in str(e.value)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / 'ckpt.pt'
     bad.write_bytes(b'not a checkpoint')
     r = run_script('sample.py', f'--ckpt={bad}', '--device=cpu')
-    assert r.returncode != 0 and 'is not a readable checkpoint' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode != 0 and 'is not a readable checkpoint' in r.stderr
+    assert 'Traceback' not in r.stderr
 
 
 def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
@@ -128,7 +137,8 @@ def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
     for row, p in zip(x0.tolist(), prompt.tolist()):
         text = ''.join(itos[i] for i in row)
         n_prompt = text.index('\n') + 1
-        assert p == [True] * n_prompt + [False] * (len(row) - n_prompt)  # prompt = up to its first newline
+        # prompt = up to its first newline
+        assert p == [True] * n_prompt + [False] * (len(row) - n_prompt)
         problem, solution = text[:n_prompt], text[n_prompt:].split('<eos>')[0]
         terms = [int(t) for t in problem[:-3].replace('-', '+-').split('+')]
         *steps, answer = solution.splitlines()
@@ -159,11 +169,13 @@ def test_bpe_prepare_reads_local_files_and_fails_clearly_without_them(tmp_path):
     corpus = tmp_path / 'corpus.txt'
     corpus.write_text('To be, or not to be: that is the question.\n' * 50)
     r = run_script('data/text_bpe/prepare.py', f'--input={corpus}', f'--out_dir={tmp_path}')
-    assert r.returncode != 0 and 'GPT-2 BPE files are needed' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode != 0 and 'GPT-2 BPE files are needed' in r.stderr
+    assert 'Traceback' not in r.stderr
     # a byte-level stand-in for gpt2.tiktoken (the same file format: base64 token, rank)
     bpe = tmp_path / 'bytes.tiktoken'
     bpe.write_text(''.join(f'{base64.b64encode(bytes([i])).decode()} {i}\n' for i in range(256)))
-    r = run_script('data/text_bpe/prepare.py', f'--input={corpus}', f'--bpe_path={bpe}', f'--out_dir={tmp_path}')
+    r = run_script('data/text_bpe/prepare.py', f'--input={corpus}', f'--bpe_path={bpe}',
+                   f'--out_dir={tmp_path}')
     assert r.returncode == 0, r.stderr
     meta = datasets.load_dataset(str(tmp_path))
     assert (meta['eos_id'], meta['mask_id'], meta['vocab_size']) == (256, 257, 258)
@@ -181,13 +193,15 @@ def assert_same_losses(a, b):
 
 
 def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
-    """torchrun with 2 processes (gloo on CPU) and grad_accum_steps=2 sees the same micro-batches as one process, in
-    stage 1 and in stage 2: the logged losses agree to float rounding, and only rank 0 writes. Stage 2's rollout
-    commits tokens by threshold, which turns the rounding of the averaged gradient into other states after the first
-    update: its default path is compared before that update, the paper's path (no rollout) at every iteration."""
+    """torchrun with 2 processes (gloo on CPU) and grad_accum_steps=2 sees the same micro-batches as
+    one process, in stage 1 and in stage 2: the logged losses agree to float rounding, and only rank
+    0 writes. Stage 2's rollout commits tokens by threshold, which turns the rounding of the
+    averaged gradient into other states after the first update: its default path is compared before
+    that update, the paper's path (no rollout) at every iteration."""
     torchrun = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
-    common = ['--device=cpu', '--batch_size=16', '--eval_iters=2', '--log_interval=1', '--warmup_iters=2',
-              f'--dataset={tiny_reasoning}', '--max_iters=4', '--eval_interval=4', '--grad_accum_steps=2']
+    common = ['--device=cpu', '--batch_size=16', '--eval_iters=2', '--log_interval=1',
+              '--warmup_iters=2', f'--dataset={tiny_reasoning}', '--max_iters=4',
+              '--eval_interval=4', '--grad_accum_steps=2']
     stage1 = [*TINY, *common, '--seq_len=64']
     r = run_script('train_stage1.py', *stage1, f'--out_dir={tmp_path / "one"}')
     assert r.returncode == 0, r.stderr
@@ -200,20 +214,24 @@ def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
     for name, flags in (('default', []), ('paper', ['--rollout_steps=0', '--rollout_plain=0'])):
         r = run_script('train_stage2.py', *stage2, *flags, f'--out_dir={tmp_path / name / "one"}')
         assert r.returncode == 0, r.stderr
-        r = run_script(*torchrun, 'train_stage2.py', *stage2, *flags, f'--out_dir={tmp_path / name / "two"}')
+        r = run_script(*torchrun, 'train_stage2.py', *stage2, *flags,
+                       f'--out_dir={tmp_path / name / "two"}')
         assert r.returncode == 0, r.stdout + r.stderr
         one, two = read_log(tmp_path / name / 'one'), read_log(tmp_path / name / 'two')
         if name == 'default':  # iteration 1 logs the loss at the initial weights
             one, two = [[x for x in log if x['iter'] <= 1] for log in (one, two)]
         assert_same_losses(one, two)
-    r = run_script(*torchrun, 'train_stage1.py', *stage1, '--grad_accum_steps=3', f'--out_dir={tmp_path / "two"}')
-    assert r.returncode != 0 and (r.stdout + r.stderr).count('must be a multiple of the number of processes (2)') == 1
+    r = run_script(*torchrun, 'train_stage1.py', *stage1, '--grad_accum_steps=3',
+                   f'--out_dir={tmp_path / "two"}')
+    said = (r.stdout + r.stderr).count('must be a multiple of the number of processes (2)')
+    assert r.returncode != 0 and said == 1
 
 
 def test_lr_schedule_by_hand():
     lr = lambda it: common.lr_at(it, 1.0, 0.1, 4, 10)  # noqa: E731  warm-up 4, decay to 0.1 at 10
     assert [lr(0), lr(3)] == [pytest.approx(0.2), pytest.approx(0.8)]  # (it + 1) / (warmup + 1)
-    assert lr(4) == pytest.approx(1.0) and lr(7) == pytest.approx(0.55)  # the cosine's top and middle
+    # the cosine's top and middle
+    assert lr(4) == pytest.approx(1.0) and lr(7) == pytest.approx(0.55)
     assert lr(10) == lr(500) == 0.1  # the floor is min_lr, not 0
 
 
@@ -224,22 +242,27 @@ def test_micro_batch_seeds_are_distinct_and_never_an_eval_batch():
     assert common.micro_batch_seed(1, 0, 1, 4) != common.micro_batch_seed(2, 0, 1, 4)
 
 
-def test_training_clips_with_grad_clip_and_the_loss_is_the_mean_over_micro_batches(tiny_reasoning, tmp_path,
+def test_training_clips_with_grad_clip_and_the_loss_is_the_mean_over_micro_batches(tiny_reasoning,
+                                                                                      tmp_path,
                                                                                       monkeypatch):
     calls = []
     real_clip = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', lambda p, c: calls.append(c) or real_clip(p, c))
+    monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_',
+                        lambda p, c: calls.append(c) or real_clip(p, c))
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}', '--seq_len=64',
-                                      f'--out_dir={tmp_path}', '--max_iters=2', '--grad_clip=0.37',
-                                      '--grad_accum_steps=2', '--eval_interval=2'])
+    monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}',
+                                      '--seq_len=64', f'--out_dir={tmp_path}', '--max_iters=2',
+                                      '--grad_clip=0.37', '--grad_accum_steps=2',
+                                      '--eval_interval=2'])
     g = runpy.run_path('train_stage1.py', run_name='__main__')
     assert calls == [0.37, 0.37]
-    # iteration 1's logged loss is the mean of iteration 0's two micro-batch losses, each on its own seed, at the
-    # initial weights (rebuilt from the same torch seed)
+    # iteration 1's logged loss is the mean of iteration 0's two micro-batch losses, each on its own
+    # seed, at the initial weights (rebuilt from the same torch seed)
     torch.manual_seed(1337)
     model0 = checkpoint.build_model(g['ckpt']['model_args'])
     with torch.no_grad():
-        want = sum(g['batch_loss'](model0, 'train', common.micro_batch_seed(1337, 0, m, 2)) for m in range(2)) / 2
+        seeds = [common.micro_batch_seed(1337, 0, m, 2) for m in range(2)]
+        want = sum(g['batch_loss'](model0, 'train', s) for s in seeds) / 2
     log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
-    assert [r['loss'] for r in log if r['iter'] == 1 and 'loss' in r] == [pytest.approx(want.item(), rel=1e-5)]
+    logged = [r['loss'] for r in log if r['iter'] == 1 and 'loss' in r]
+    assert logged == [pytest.approx(want.item(), rel=1e-5)]
