@@ -1,6 +1,7 @@
-"""Nine Shakespeare plays at character level, from the public-domain text shipped beside this file (plays.txt.gz:
-Project Gutenberg editions of Hamlet, Macbeth, Romeo and Juliet, King Lear, Othello, Julius Caesar, The Tempest,
-A Midsummer Night's Dream, Twelfth Night; about 1.15M characters). First 90% train, last 10% val.
+"""Nine Shakespeare plays at character level, from the public-domain text shipped beside this file
+(plays.txt.gz: Project Gutenberg editions of Hamlet, Macbeth, Romeo and Juliet, King Lear, Othello,
+Julius Caesar, The Tempest, A Midsummer Night's Dream, Twelfth Night; about 1.15M characters). First
+90% train, last 10% val.
 
     python data/shakespeare_char/prepare.py
 """
@@ -26,4 +27,5 @@ ids[:n].tofile(os.path.join(here, 'train.bin'))
 ids[n:].tofile(os.path.join(here, 'val.bin'))
 with open(os.path.join(here, 'meta.pkl'), 'wb') as f:
     pickle.dump(meta, f)
-print(f"{len(text):,} characters, vocab {meta['vocab_size']} (incl. <eos>, <mask>); train {n:,}, val {len(ids) - n:,} tokens")
+print(f"{len(text):,} characters, vocab {meta['vocab_size']} (incl. <eos>, <mask>); train {n:,}, "
+      f"val {len(ids) - n:,} tokens")

@@ -1,12 +1,17 @@
-"""4x4 Sudoku, the quick start's task: small enough that a tiny model learns it in a couple of CPU minutes.
+"""4x4 Sudoku, the quick start's task: small enough that a tiny model learns it in a couple of CPU
+minutes.
 
-    prompt    1.3..2.14...3..2    (16 cells row by row, '.' = blank, then 3 spaces and a newline: one 20-token block)
-    solution  1234341241232143    (the 16 digits of the solved grid, then <eos> padding: the second block)
+    prompt    1.3..2.14...3..2    (16 cells row by row, '.' = blank, then 3 spaces and a newline:
+                                   one 20-token block)
+    solution  1234341241232143    (the 16 digits of the solved grid, then <eos> padding: the
+                                   second block)
 
-There are only 288 complete 4x4 grids, so they are all enumerated, and a puzzle has a unique solution exactly when one
-grid agrees with its givens. Held-out puzzles differ from every training puzzle (the grids cannot: there are too few).
+There are only 288 complete 4x4 grids, so they are all enumerated, and a puzzle has a unique
+solution exactly when one grid agrees with its givens. Held-out puzzles differ from every training
+puzzle (the grids cannot: there are too few).
 
-    python data/sudoku4/prepare.py [--n_blanks=9 --n_train=20000 --n_val=500 --n_test=500 --seed=1337]
+    python data/sudoku4/prepare.py [--n_blanks=9 --n_train=20000 --n_val=500 --n_test=500
+                                    --seed=1337]
 """
 import argparse
 import itertools
@@ -24,7 +29,8 @@ BLOCK = 20  # the prompt fills one block, the answer the next: seq_len 40
 
 
 def all_grids():
-    """Every complete 4x4 grid (288, 16): rows are permutations, no digit twice in a column or 2x2 box."""
+    """Every complete 4x4 grid (288, 16): rows are permutations, no digit twice in a column or 2x2
+    box."""
     rows = list(itertools.permutations(range(1, 5)))
     grids = []
     for g in itertools.product(rows, repeat=4):
@@ -37,7 +43,8 @@ def all_grids():
 
 
 def puzzles(grids, n, n_blanks, rng):
-    """n (puzzle, solution) pairs with n_blanks blanks and a unique solution, as strings; 0 in a puzzle = blank."""
+    """n (puzzle, solution) pairs with n_blanks blanks and a unique solution, as strings; 0 in a
+    puzzle = blank."""
     out = []
     while len(out) < n:
         g = grids[rng.integers(len(grids))]
@@ -50,7 +57,8 @@ def puzzles(grids, n, n_blanks, rng):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--n_blanks', type=int, default=9)
     ap.add_argument('--n_train', type=int, default=20_000)
     ap.add_argument('--n_val', type=int, default=500)
@@ -65,9 +73,11 @@ def main():
     rng, grids = np.random.default_rng(args.seed), all_grids()
     held_out = puzzles(grids, args.n_val + args.n_test, args.n_blanks, rng)
     seen = {p for p, _ in held_out}
-    train = [pair for pair in puzzles(grids, 2 * args.n_train, args.n_blanks, rng) if pair[0] not in seen]
+    drawn = puzzles(grids, 2 * args.n_train, args.n_blanks, rng)
+    train = [pair for pair in drawn if pair[0] not in seen]
     splits = dict(train=train[:args.n_train], val=held_out[:args.n_val], test=held_out[args.n_val:])
-    meta = char_meta(CHARS, row_len=2 * BLOCK, prompt_sep_id=CHARS.index('\n'), answer_prefix='', task='sudoku4')
+    meta = char_meta(CHARS, row_len=2 * BLOCK, prompt_sep_id=CHARS.index('\n'), answer_prefix='',
+                     task='sudoku4')
     os.makedirs(args.out_dir, exist_ok=True)
     for split, pairs in splits.items():
         ids = np.full((len(pairs), 2 * BLOCK), meta['eos_id'], dtype=np.uint16)

@@ -1,9 +1,11 @@
-"""Any plain-text corpus, GPT-2 BPE tokenized through tiktoken (for corpora larger than character level suits).
-tiktoken normally downloads GPT-2's BPE files; here they must be on disk (see data/tokenizer.py for the accepted forms):
+"""Any plain-text corpus, GPT-2 BPE tokenized through tiktoken (for corpora larger than character
+level suits). tiktoken normally downloads GPT-2's BPE files; here they must be on disk (see
+data/tokenizer.py for the accepted forms):
 
-    python data/text_bpe/prepare.py --input=corpus.txt --bpe_path=/path/to/gpt2_bpe_dir_or_file [--val_fraction=0.1]
+    python data/text_bpe/prepare.py --input=corpus.txt --bpe_path=GPT2_BPE [--val_fraction=0.1]
 
-Writes train.bin / val.bin (uint16: GPT-2's 50257 ids + [MASK] = 50258 fit) and meta.pkl next to this file.
+Writes train.bin / val.bin (uint16: GPT-2's 50257 ids + [MASK] = 50258 fit) and meta.pkl next to
+this file.
 """
 import argparse
 import os
@@ -16,9 +18,11 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, '..', '..'))
 from data.tokenizer import gpt2_meta, load_gpt2_encoding  # noqa: E402
 
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap = argparse.ArgumentParser(description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument('--input', required=True, help='a UTF-8 text file')
-ap.add_argument('--bpe_path', default=None, help='GPT-2 BPE directory or .tiktoken file (or $NANORCD_GPT2_BPE)')
+ap.add_argument('--bpe_path', default=None,
+                help='GPT-2 BPE directory or .tiktoken file (or $NANORCD_GPT2_BPE)')
 ap.add_argument('--val_fraction', type=float, default=0.1)
 ap.add_argument('--out_dir', default=here)
 args = ap.parse_args()
@@ -39,4 +43,5 @@ ids[:n].tofile(os.path.join(args.out_dir, 'train.bin'))
 ids[n:].tofile(os.path.join(args.out_dir, 'val.bin'))
 with open(os.path.join(args.out_dir, 'meta.pkl'), 'wb') as f:
     pickle.dump(meta, f)
-print(f"{len(ids):,} tokens (vocab {meta['vocab_size']} incl. [MASK]); train {n:,}, val {len(ids) - n:,}")
+print(f"{len(ids):,} tokens (vocab {meta['vocab_size']} incl. [MASK]); train {n:,}, "
+      f"val {len(ids) - n:,}")
