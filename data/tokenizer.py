@@ -1,12 +1,17 @@
 """Token ids <-> text, offline. Two kinds, named by meta['tokenizer']:
-- 'char': one id per character of a small vocabulary stored in meta.pkl (reasoning, shakespeare_char);
-- 'gpt2': GPT-2 BPE through tiktoken, built from BPE files on disk (tiktoken would otherwise try to download them).
-Every vocabulary appends two special ids after the ordinary ones: end-of-sequence and the diffusion [MASK]."""
+- 'char': one id per character of a small vocabulary stored in meta.pkl (reasoning,
+  shakespeare_char);
+- 'gpt2': GPT-2 BPE through tiktoken, built from BPE files on disk (tiktoken would otherwise try to
+  download them).
+Every vocabulary appends two special ids after the ordinary ones: end-of-sequence and the diffusion
+[MASK]."""
 import os
 
 GPT2_BPE_HELP = (
-    "GPT-2 BPE files are needed but were not found, and nothing is downloaded at run time. Provide either\n"
-    "  a directory holding GPT-2's 'vocab.bpe' and 'encoder.json', or a 'gpt2.tiktoken' / 'r50k_base.tiktoken' file,\n"
+    "GPT-2 BPE files are needed but were not found, and nothing is downloaded at run time. "
+    "Provide either\n"
+    "  a directory holding GPT-2's 'vocab.bpe' and 'encoder.json', or a 'gpt2.tiktoken' / "
+    "'r50k_base.tiktoken' file,\n"
     "and point to it with --bpe_path=PATH or the environment variable NANORCD_GPT2_BPE.")
 
 
@@ -18,7 +23,8 @@ def char_meta(chars, **extra):
 
 
 def load_gpt2_encoding(bpe_path=None):
-    """tiktoken's GPT-2 encoding from local files; a clear error (never a network call) when they are missing."""
+    """tiktoken's GPT-2 encoding from local files; a clear error (never a network call) when they
+    are missing."""
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
     from tiktoken_ext.openai_public import r50k_pat_str
@@ -36,7 +42,8 @@ def load_gpt2_encoding(bpe_path=None):
 
 
 def gpt2_meta(enc, bpe_path):
-    """Vocabulary of a BPE dataset: tiktoken's ids, <|endoftext|> as <eos>, one extra id for <mask>."""
+    """Vocabulary of a BPE dataset: tiktoken's ids, <|endoftext|> as <eos>, one extra id for
+    <mask>."""
     eos = enc.eot_token
     return dict(tokenizer='gpt2', bpe_path=os.path.abspath(bpe_path), vocab_size=eos + 2,
                 eos_id=eos, mask_id=eos + 1)
