@@ -11,8 +11,10 @@
 #                       target itself, alpha = 0: decoding's own states, no residual
 #        rcd_onpolicy   the same states; half the rows also read the rollout's residual
 #                       (alpha x 0.25)
+#        rcd_paper_alpha025  rcd_paper trained at alpha x 0.25 (not in the default ARMS)
 #   3. every arm and seed decoded on val and test over the same menu of commit rules; an RCD arm
-#      twice, residual on (the paper's decoding: a residual at every step) and off (`<arm>_off`).
+#      twice, residual on (the paper's decoding: a residual at every step) and off (`<arm>_off`);
+#      rcd_paper also once per FIRST_STEPS init (`rcd_paper_<init>`, the paper's Table 5).
 #      Each job starts as soon as what it reads exists (JOBS at once), not when a phase is done;
 #   4. eval.py --report: each row's AUF, the paired differences, the claim; the plot.
 # Two tasks, side by side in one run: hard (greedy digging, about 55 blanks) and easy (44 random
@@ -23,7 +25,8 @@
 #   bash config/recipe.sh cpu                     # 2 CPU cores: a toy of the same pipeline
 # Knobs (environment): HARD_SEEDS ["1 2 3 4 5" gpu, "" cpu], EASY_SEEDS ["1 2 3" gpu, "1" cpu],
 # DATA_SEED [2026], ARMS [all five], STAGE1_ITERS [2500], STAGE2_ITERS [1000], LONG_ITERS [1755],
-# GPUS [the GPUs nvidia-smi lists, gpu; 0, cpu], JOBS [8 per GPU, gpu; 1, cpu], RUN_DIR. A finished
+# GPUS [the GPUs nvidia-smi lists, gpu; 0, cpu], JOBS [8 per GPU, gpu; 1, cpu], RUN_DIR,
+# FIRST_STEPS [none; of reference self dirichlet: rcd_paper's warm first steps]. A finished
 # step is skipped and a cut one starts again: a rerun resumes.
 set -euo pipefail
 MODE=${1:-gpu}; DATA_SEED=${DATA_SEED:-2026}
@@ -70,18 +73,25 @@ arm_flags() {  # what each stage-2 arm trains with; rcd_onpolicy is train_stage2
     baseline) echo --alpha_mode=none "${paper[@]}" "${iters[@]}" ;;
     baseline_long) echo --alpha_mode=none "${paper[@]}" "${long[@]}" ;;
     rcd_paper) echo --alpha_mode=entropy "${paper[@]}" "${iters[@]}" ;;
+    rcd_paper_alpha025) echo --alpha_mode=entropy "${paper[@]}" --alpha_scale=0.25 "${iters[@]}" ;;
     onpolicy) echo --alpha_mode=none --rollout_plain=0 "${iters[@]}" ;;
     rcd_onpolicy) echo "${iters[@]}" ;;
-    *) echo "unknown arm '$1' (arms: baseline baseline_long rcd_paper onpolicy rcd_onpolicy)" >&2
+    *) echo "unknown arm '$1' (arms: baseline baseline_long rcd_paper rcd_paper_alpha025" \
+         "onpolicy rcd_onpolicy)" >&2
        exit 2 ;;
   esac
 }
 decode_flags() {  # RCD arms decode at their trained alpha scale and at 0 (the `_off` row)
   case $1 in
     rcd_paper) echo --use_rcd=True --alpha_scales=1.0,0 ;;
-    rcd_onpolicy) echo --use_rcd=True --alpha_scales=0.25,0 ;;
+    rcd_paper_alpha025|rcd_onpolicy) echo --use_rcd=True --alpha_scales=0.25,0 ;;
   esac
 }
+for f in ${FIRST_STEPS:-}; do  # as are first steps other than the warm ones
+  case $f in reference|self|dirichlet) ;; *)
+    echo "FIRST_STEPS='${FIRST_STEPS:-}' must name reference, self or dirichlet" >&2; exit 2 ;;
+  esac
+done
 for arm in $ARMS; do  # an unknown arm stops here, before any work
   arm_flags "$arm" > /dev/null
 done
@@ -120,13 +130,18 @@ train() {  # train TASK NAME SCRIPT DIR ARGS...: skip a finished run, resume a c
   [ -f "$dir/ckpt.pt" ] && resume=(--init_from=resume)
   job "$1" "$2" python "$3" "${@:5}" --out_dir="$dir" "${resume[@]}" && touch "$dir/DONE"
 }
-sweep() {  # sweep TASK ARM SEED SPLIT: the arm's records over the menu, written whole or not at all
-  local out=$1/$4/$2_s$3.jsonl
+sweep() {  # sweep TASK ARM SEED SPLIT [INIT]: the arm's records over the menu, written whole or
+  # not at all; with INIT, rcd_paper decoded with that first step (its own row, rcd_paper_INIT)
+  local label=$2${5:+_$5} flags
+  local out=$1/$4/${label}_s$3.jsonl
   [ -f "$out" ] && return 0
   rm -f "$out.part"
-  # shellcheck disable=SC2046
-  job "$1" "$4_$2_s$3" python eval.py --ckpt="$1/s$3/$2/ckpt.pt" --label="$2" --split="$4" \
-    $(decode_flags "$2") --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
+  flags=$(decode_flags "$2")
+  if [ -n "${5:-}" ]; then flags="--use_rcd=True --alpha_scales=1.0 --first_steps=$5"; fi
+  if [ "${5:-}" = reference ]; then flags="$flags --reference_ckpt=$1/s$3/stage1/ckpt.pt"; fi
+  # shellcheck disable=SC2086
+  job "$1" "$4_${label}_s$3" python eval.py --ckpt="$1/s$3/$2/ckpt.pt" --label="$label" \
+    --split="$4" $flags --tokens_per_step_grid="$K" --threshold_grid="$THRESHOLDS" "${N[@]}" \
     --records="$out.part" && mv "$out.part" "$out"
 }
 arm() {  # arm TASK ARM SEED: stage 2, then its val and test sweeps as soon as it is done
@@ -134,7 +149,13 @@ arm() {  # arm TASK ARM SEED: stage 2, then its val and test sweeps as soon as i
   train "$1" "$2_s$3" train_stage2.py "$1/s$3/$2" "${S2[@]}" --dataset="$1/data" --seed="$3" \
     --init_from="$1/s$3/stage1/ckpt.pt" --reference_ckpt="$1/s$3/stage1/ckpt.pt" \
     $(arm_flags "$2") || return 1
-  sweep "$1" "$2" "$3" val & sweep "$1" "$2" "$3" test & wait
+  sweep "$1" "$2" "$3" val & sweep "$1" "$2" "$3" test &
+  if [ "$2" = rcd_paper ]; then
+    for f in ${FIRST_STEPS:-}; do
+      sweep "$1" "$2" "$3" val "$f" & sweep "$1" "$2" "$3" test "$f" &
+    done
+  fi
+  wait
 }
 seed() {  # seed TASK SEED: stage 1, then every arm side by side: nothing waits on another seed
   train "$1" "stage1_s$2" train_stage1.py "$1/s$2/stage1" "${S1[@]}" --dataset="$1/data" \
