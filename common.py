@@ -236,6 +236,8 @@ class RunLog:
         """One training per out_dir: a lock file with our process id; a dead process's lock is
         taken over."""
         path = os.path.join(self.out_dir, 'train.lock')
+        if os.path.isdir(path):
+            fail(f'{path} is a directory, not a lock file: remove it')
         if os.path.isfile(path):
             with open(path) as f:
                 pid = f.read().strip()

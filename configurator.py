@@ -14,6 +14,10 @@ import signal
 import sys
 
 
+PATH_KEYS = ('out_dir', 'dataset', 'init_from', 'reference_ckpt', 'ckpt', 'records', 'report',
+             'plot', 'val')  # their values are paths: a leading ~ is the home directory, as in a shell
+
+
 def _fail(msg):
     raise SystemExit(f'config error: {msg}')
 
@@ -29,6 +33,8 @@ def _checked(key, value, defaults, source):
     if type(value) is not want:
         _fail(f"{key}={value!r} in {source} is a {type(value).__name__}; expected a "
               f"{want.__name__} (default: {defaults[key]!r})")
+    if key in PATH_KEYS and value.startswith('~'):  # --out_dir=~/x: no shell expands it
+        value = os.path.expanduser(value)
     return value
 
 

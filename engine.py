@@ -92,6 +92,20 @@ def step_graph(model, cache, b):
     return replay
 
 
+def unlike_training(dec, trained):
+    """How decoding with `dec` differs from how the model was trained (`trained`: its config),
+    one line each: taken on purpose (the ablations decode so), but never in silence."""
+    if not dec.use_rcd:
+        return []
+    if trained.get('alpha_mode', 'none') == 'none':  # stage 1, or a stage-2 arm without residuals
+        return ['this model was never trained to read residuals; --use_rcd=True feeds them to it '
+                'anyway (--use_rcd=False decodes it as it was trained)']
+    if trained['alpha_scale'] != dec.alpha_scale:
+        return [f"the model was trained at alpha_scale={trained['alpha_scale']}, decoded at "
+                f"{dec.alpha_scale}"]
+    return []
+
+
 def load_models(ckpt, reference_ckpt, dev):
     """(model, meta, tokenizer, reference or None, training config) from a checkpoint (and a
     reference one)."""

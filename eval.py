@@ -20,7 +20,6 @@ val AUF) and `<label>_off` (the same weights decoded by the plain sampler).
 import json
 import math
 import os
-import pickle
 import signal
 import sys
 import time
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 import common
 from configurator import configure_and_run
-from data.datasets import answer_of, dataset_dir, is_right
+from data.datasets import answer_of, is_right, load_problems
 from engine import load_models
 from sample import Decoding, check_decoding, generate
 
@@ -71,14 +70,7 @@ def score(model, tok, meta, split, n_problems, batch_size, autocast, desc, dec, 
     """(per-problem correctness list, mean forward passes per answer) on <dataset>/<split>.pkl.
     Problems are batched by prompt length, so every row of a batch shares the same block alignment;
     the list is in the file's order, the same for every method."""
-    path = os.path.join(dataset_dir(meta['dataset']), f'{split}.pkl')
-    if 'answer_prefix' not in meta or not os.path.isfile(path):
-        common.fail(f"dataset '{meta['dataset']}' has no scorable {split} split ({path}); "
-                    f"run its prepare.py")
-    with open(path, 'rb') as f:
-        problems = pickle.load(f)[:n_problems or None]
-    if not problems:
-        common.fail(f'{path} holds no problems')
+    problems = load_problems(meta, split, n_problems)
     by_len = {}
     for i, (q, solution) in enumerate(problems):
         by_len.setdefault(len(tok.encode(q)), []).append(i)
@@ -113,8 +105,8 @@ def read_records(path, split=None):
     if not os.path.isfile(path):
         common.fail(f"records file '{path}' not found; run eval.py on a checkpoint first")
     need = {'label', 'rule', 'items', 'mean_passes', 'train_seed', 'split', 'accuracy'}
-    rows = []
-    with open(path) as f:
+    rows, want = [], split
+    with open(path, errors='replace') as f:  # a binary file: its first line is no JSON record
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -132,8 +124,9 @@ def read_records(path, split=None):
             if RULE_KEY.get(str(row['rule'])) not in row:
                 common.fail(f"{path}, line {i}: not an eval.py record (a rule 'static' with "
                             f"tokens_per_step, or 'threshold' with threshold)")
-            if split and row['split'] != split:
-                common.fail(f"{path}, line {i}: a {row['split']} record where {split} records "
+            want = want or row['split']  # one split per file: the first record's, or `split`
+            if row['split'] != want:
+                common.fail(f"{path}, line {i}: a {row['split']} record where {want} records "
                             f"belong")
             rows.append(row)
     if not rows:
@@ -251,9 +244,11 @@ def frontiers(test_rows, val_rows, budgets):
         if lacking:
             common.fail(f"row '{row}', seed {seed} lacks {len(lacking)} settings of the menu "
                         f"(e.g. {min(lacking)}): decode every row over the same grid")
-        if len({r['n'] for r in by_knobs[knobs].values()}) > 1:
-            common.fail(f"row '{row}', seed {seed}: records over different numbers of items")
         out[row, seed] = val[row, seed][knobs], by_knobs[knobs]
+    sizes = {r['n'] for _, menu in out.values() for r in menu.values()}
+    if len(sizes) > 1:  # paired differences compare item by item
+        common.fail(f'records over different numbers of items ({sorted(sizes)}): score every row '
+                    f'on the same puzzles')
     return out
 
 

@@ -24,7 +24,6 @@ and says whether each answer is right. Accuracy over a sweep of decoding budgets
 import itertools
 import math
 import os
-import pickle
 import signal
 from dataclasses import dataclass
 
@@ -36,7 +35,7 @@ import torch
 import common
 import engine
 from configurator import configure_and_run
-from data.datasets import answer_of, dataset_dir, is_right
+from data.datasets import answer_of, is_right, load_problems
 from rcd import ALPHA_MODES, dirichlet_logits
 
 FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')  # the paper's Table 5
@@ -232,9 +231,8 @@ def main():
     torch.manual_seed(seed)
     dev, autocast = common.setup_device(device, dtype)
     model, meta, tok, reference, trained = engine.load_models(ckpt, reference_ckpt, dev)
-    if use_rcd and trained.get('alpha_scale', alpha_scale) != alpha_scale:
-        print(f"note: the model was trained at alpha_scale={trained['alpha_scale']}, decoded at "
-              f"{alpha_scale}")
+    for note in engine.unlike_training(dec, trained):
+        print(f'note: {note}')
     rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
     if use_rcd:
         rule += f', RCD alpha={alpha_mode}, first step {first_step}'
@@ -244,8 +242,7 @@ def main():
     generator = torch.Generator(dev).manual_seed(seed)
     examples = [(prompt.replace('\\n', '\n'), None)] * num_samples
     if not prompt and 'answer_prefix' in meta:  # a dataset with answers: its first test problems
-        with open(os.path.join(dataset_dir(meta['dataset']), 'test.pkl'), 'rb') as f:
-            examples = pickle.load(f)[:num_samples]
+        examples = load_problems(meta, 'test', num_samples)
     n_right = 0
     for text, solution in examples:
         ids = torch.tensor([tok.encode(text)], dtype=torch.long, device=dev)

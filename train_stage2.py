@@ -40,8 +40,8 @@ from model import add_noise, loss_weights
 # and --key=value
 out_dir = 'out/stage2'
 init_from = 'out/stage1/ckpt.pt'       # a stage-1 checkpoint to start the target from, or 'resume'
-reference_ckpt = 'out/stage1/ckpt.pt'  # the frozen stage-1 model of the paper's recipe (read only
-                                       # with rollout_steps=0)
+reference_ckpt = ''          # the frozen stage-1 model of the paper's recipe (read only with
+                             # rollout_steps=0); '' = the checkpoint the target starts from
 dataset = 'sudoku'
 # residuals; the defaults are the README's RCD arm (rcd_onpolicy)
 alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant' (its Fig. 5), 'none'
@@ -94,6 +94,8 @@ if not 0.0 <= rollout_plain <= 1.0:
 if not (rollout_steps >= 0 and 0 <= alpha_scale < float('inf') and 0 <= alpha_constant <= 1):
     common.fail(f'need rollout_steps >= 0, a finite alpha_scale >= 0, 0 <= alpha_constant <= 1 '
                 f'(got {rollout_steps}, {alpha_scale}, {alpha_constant})')
+if reference_ckpt and rollout_steps > 0:
+    common.fail('reference_ckpt is read only with rollout_steps=0 (the paper\'s recipe)')
 if rollout_plain and rollout_steps == 0:
     common.fail('rollout_plain shapes the rollout: with --rollout_steps=0 set --rollout_plain=0')
 torch.manual_seed(seed)
@@ -106,12 +108,14 @@ ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'resume':
     ckpt = load_checkpoint(ckpt_path, stage=2)
     print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
+    reference_ckpt = reference_ckpt or ckpt['config']['reference_ckpt']
 else:
     if os.path.isfile(ckpt_path) and not eval_only:
         common.fail(f'{ckpt_path} exists and this run would replace it: continue it with '
                     f'--init_from=resume, or train into a fresh --out_dir')
     stage1 = load_checkpoint(init_from, stage=1, key='init_from')
     ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # a fresh optimizer
+    reference_ckpt = reference_ckpt or init_from
 if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
     common.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
 model = build_model(ckpt['model_args'], ckpt['model']).to(device)
@@ -120,6 +124,7 @@ if rollout_steps > block_size:
     common.fail(f'rollout_steps={rollout_steps}: a block of {block_size} tokens is decoded in at '
                 f'most {block_size} steps')
 if rollout_steps == 0:
+    config['reference_ckpt'] = reference_ckpt  # the one read: a resumed run reads it again
     ref_ckpt = load_checkpoint(reference_ckpt, stage=1, key='reference_ckpt')
     check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
                      keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))

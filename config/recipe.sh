@@ -147,8 +147,7 @@ sweep() {  # sweep TASK ARM SEED SPLIT [INIT]: the arm's records over the menu, 
 arm() {  # arm TASK ARM SEED: stage 2, then its val and test sweeps as soon as it is done
   # shellcheck disable=SC2046
   train "$1" "$2_s$3" train_stage2.py "$1/s$3/$2" "${S2[@]}" --dataset="$1/data" --seed="$3" \
-    --init_from="$1/s$3/stage1/ckpt.pt" --reference_ckpt="$1/s$3/stage1/ckpt.pt" \
-    $(arm_flags "$2") || return 1
+    --init_from="$1/s$3/stage1/ckpt.pt" $(arm_flags "$2") || return 1
   sweep "$1" "$2" "$3" val & sweep "$1" "$2" "$3" test &
   if [ "$2" = rcd_paper ]; then
     for f in ${FIRST_STEPS:-}; do

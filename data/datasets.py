@@ -95,6 +95,19 @@ class Batches:
         return x0, (sep.cumsum(1) - sep) == 0, self.noise  # no separator before: prompt, separator
 
 
+def load_problems(meta, split, n=0):
+    """The first n (0 = all) (question, solution) pairs of a row dataset's val or test split."""
+    path = os.path.join(dataset_dir(meta['dataset']), f'{split}.pkl')
+    if 'answer_prefix' not in meta or not os.path.isfile(path):
+        fail(f"dataset '{meta['dataset']}' has no scorable {split} split ({path}); run its "
+             f"prepare.py")
+    with open(path, 'rb') as f:
+        problems = pickle.load(f)[:n or None]
+    if not problems:
+        fail(f'{path} holds no problems')
+    return problems
+
+
 def answer_of(text, prefix):
     """The final answer: what follows the last `prefix` on its line ('' = the first line), or
     None."""

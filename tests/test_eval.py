@@ -60,6 +60,21 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
     assert code != 0 and 'a test record where val records belong' in out
     with open(test) as f:  # a row in val but not in test must not vanish from the tables
         lines = f.readlines()
+    with open(val) as f:  # val records pasted into the test file: never read as test records
+        (tmp_path / 'pasted.jsonl').write_text(''.join(lines) + f.read())
+    code, out = run_in_process(['eval.py', f'--report={tmp_path / "pasted.jsonl"}', f'--val={val}'],
+                               monkeypatch, capsys)
+    assert code != 0 and 'a val record where test records belong' in out, out
+    # one row scored on fewer puzzles: paired differences must not be cut to the shorter row
+    fewer = [json.loads(x) for x in lines]
+    fewer = [{**r, 'n': 10, 'items': r['items'][:10]} if r['label'] == 'rcd' else r for r in fewer]
+    (tmp_path / 'fewer.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in fewer))
+    code, out = run_in_process(['eval.py', f'--report={tmp_path / "fewer.jsonl"}', f'--val={val}'],
+                               monkeypatch, capsys)
+    assert code != 0 and 'records over different numbers of items ([10, 20])' in out, out
+    code, out = run_in_process(['eval.py', f'--report={tiny_ckpt}', f'--val={val}'],
+                               monkeypatch, capsys)
+    assert code != 0 and 'line 1: not a JSON record' in out and 'Traceback' not in out, out
     (tmp_path / 'no_rcd.jsonl').write_text(''.join(x for x in lines if '"rcd"' not in x))
     code, out = run_in_process(['eval.py', f'--report={tmp_path / "no_rcd.jsonl"}', f'--val={val}'],
                                monkeypatch, capsys)

@@ -194,4 +194,5 @@ def test_rotary_positions_rotate_so_attention_sees_relative_position():
     assert score(0, 0) == pytest.approx(float((q * k).sum()), abs=1e-5)
     assert abs(score(3, 1) - score(3, 2)) > 1e-3  # but the distance matters
     rotated = apply_rope(q, cos[5:6], sin[5:6])
-    assert rotated.norm() == pytest.approx(q.norm(), rel=1e-5)  # a rotation keeps the length
+    # a rotation keeps the length
+    assert float(rotated.norm()) == pytest.approx(float(q.norm()), rel=1e-5)

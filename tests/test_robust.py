@@ -4,6 +4,7 @@ is detected, --help works."""
 import json
 import os
 import runpy
+import shutil
 import sys
 
 import pytest
@@ -104,7 +105,28 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
     (stale / 'train.lock').write_text('999999999')  # no such process
     ckpt_dir = os.path.dirname(tiny_ckpt)
     (tmp_path / 'other.jsonl').write_text('{"a": 1}\n')
+    latin1 = tmp_path / 'latin1.txt'
+    latin1.write_bytes('café\n'.encode('latin-1'))
+    (tmp_path / 'lock_dir' / 'train.lock').mkdir(parents=True)
+    no_test = tmp_path / 'no_test'  # a dataset that lost its test.pkl, and a checkpoint trained on it
+    no_test.mkdir()
+    for name in ('train.bin', 'val.bin', 'meta.pkl'):
+        shutil.copy(os.path.join(tiny_reasoning, name), no_test / name)
+    state = checkpoint.load_checkpoint(tiny_ckpt)
+    state['meta'] = dict(state['meta'], dataset=str(no_test))
+    checkpoint.save_checkpoint(state, str(no_test / 'ckpt.pt'))
+    monkeypatch.setenv('HOME', str(tmp_path))  # where --out_dir=~/home_run lands
     rows = [
+        (['sample.py', f'--ckpt={no_test / "ckpt.pt"}', '--device=cpu'], 1,
+         'has no scorable test split'),
+        (['data/text_bpe/prepare.py', f'--input={latin1}'], 1, 'is not UTF-8 text (byte 3)'),
+        (['sample.py', f'--ckpt={tiny_ckpt}', '--device=cpu', '--num_samples=1', '--use_rcd=True'],
+         0, 'never trained to read residuals'),
+        (['train_stage2.py', f'--init_from={tiny_ckpt}', f'--reference_ckpt={tiny_ckpt}'], 1,
+         'reference_ckpt is read only with rollout_steps=0'),
+        (stage1_args(tiny_reasoning, tmp_path / 'lock_dir', '--max_iters=1'), 1,
+         'train.lock is a directory, not a lock file'),
+        (stage1_args(tiny_reasoning, '~/home_run', '--max_iters=0'), 0, 'nothing to train'),
         (stage1_args(tiny_reasoning, a_file, '--max_iters=1'), 1, 'is a file, not a directory'),
         (stage1_args(tiny_reasoning, busy, '--max_iters=1'), 1, 'in use by another training'),
         (stage1_args(tiny_reasoning, stale, '--max_iters=1', '--eval_interval=1'), 0,
@@ -177,8 +199,9 @@ def test_bad_and_surprising_input_table(tiny_reasoning, tiny_ckpt, tmp_path, mon
             returncode, out = run_in_process(args, monkeypatch, capsys)
         assert (returncode != 0) == bool(code), (args, out)
         assert message in out and 'Traceback' not in out, (args, out)
-    # nothing lost; lock released
+    # nothing lost; lock released; ~ is the home directory, not a directory named '~'
     assert a_file.read_text() == 'x' and not (stale / 'train.lock').exists()
+    assert (tmp_path / 'home_run' / 'log.jsonl').is_file() and not os.path.exists(f'{ROOT}/~')
 
 
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])  # Ctrl-C, and what batch schedulers send

@@ -210,7 +210,7 @@ def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
     assert r.stdout.count('config:') == 1 and 'x 2 processes' in r.stdout
     assert_same_losses(read_log(tmp_path / 'one'), read_log(tmp_path / 'two'))
     ckpt = tmp_path / 'one' / 'ckpt.pt'
-    stage2 = [*common, f'--init_from={ckpt}', f'--reference_ckpt={ckpt}']
+    stage2 = [*common, f'--init_from={ckpt}']  # the paper's reference: the same checkpoint
     for name, flags in (('default', []), ('paper', ['--rollout_steps=0', '--rollout_plain=0'])):
         r = run_script('train_stage2.py', *stage2, *flags, f'--out_dir={tmp_path / name / "one"}')
         assert r.returncode == 0, r.stderr

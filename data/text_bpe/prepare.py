@@ -31,10 +31,14 @@ if not os.path.isfile(args.input):
 if not 0 < args.val_fraction < 1:
     sys.exit(f'error: --val_fraction={args.val_fraction} must be between 0 and 1')
 
+try:
+    with open(args.input, encoding='utf-8') as f:
+        text = f.read()
+except UnicodeDecodeError as e:
+    sys.exit(f'error: --input {args.input!r} is not UTF-8 text (byte {e.start}); convert it first')
 enc = load_gpt2_encoding(args.bpe_path)
 meta = gpt2_meta(enc, args.bpe_path or os.environ['NANORCD_GPT2_BPE'])
-with open(args.input, encoding='utf-8') as f:
-    ids = np.array(enc.encode_ordinary(f.read()), dtype=np.uint16)
+ids = np.array(enc.encode_ordinary(text), dtype=np.uint16)
 n = int((1 - args.val_fraction) * len(ids))
 if n < 2 or len(ids) - n < 2:
     sys.exit(f'error: {args.input} gives {len(ids)} tokens: too few for a train and a val split')
