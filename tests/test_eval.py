@@ -1,5 +1,6 @@
 """The decoding sweep (eval.py), its records and confidence intervals, its report, and the
 benchmark's CPU smoke run."""
+import contextlib
 import json
 import os
 
@@ -195,3 +196,49 @@ def test_mean_passes_count_every_problem_once_over_uneven_batches(tiny_reasoning
     right, passes = ev.score(model, tok, meta, 'test', 17, 3, contextlib.nullcontext(), 'x',
                              Decoding(), None, None)
     assert len(right) == 17 and passes == pytest.approx(sum(lengths) / 17)
+
+
+def wrong(solution):
+    """The solution with its last digit changed: an answer that parses and is wrong."""
+    k = max(i for i, c in enumerate(solution) if c.isdigit())
+    digit = '1' if solution[k] == '2' else '2'  # a digit every task's vocabulary has
+    return solution[:k] + digit + solution[k + 1:]
+
+
+@pytest.mark.parametrize('task', ['reasoning', 'sudoku', 'sudoku4'])
+def test_every_task_checker_refuses_a_wrong_answer_that_parses(task, tiny_reasoning, tmp_path):
+    from data.datasets import answer_of, is_right, load_dataset, load_problems
+    data = tiny_reasoning
+    if task != 'reasoning':
+        data = str(tmp_path / task)
+        r = run_script(f'data/{task}/prepare.py', '--n_train=20', '--n_val=5', '--n_test=5',
+                       f'--out_dir={data}')
+        assert r.returncode == 0, r.stderr
+    meta = load_dataset(data)
+    prefix = meta['answer_prefix']
+    for _, solution in load_problems(meta, 'val'):
+        assert is_right(answer_of(solution, prefix), solution, prefix)
+        bad = answer_of(wrong(solution), prefix)
+        assert bad is not None and not is_right(bad, solution, prefix)
+        assert not is_right(None, solution, prefix)
+
+
+def test_eval_counts_only_the_right_answers(tiny_ckpt, monkeypatch):
+    import torch
+
+    import eval as evaluate
+    from data.datasets import load_problems
+    from engine import load_models
+    from sample import Decoding
+    model, meta, tok, _, _ = load_models(tiny_ckpt, '', torch.device('cpu'))
+    problems = load_problems(meta, 'val', 12)
+    answer = {tuple(tok.encode(q)): tok.encode(s if i % 2 == 0 else wrong(s))
+              for i, (q, s) in enumerate(problems)}  # every other problem answered wrong
+
+    def generate(model, ids, n_new, *rest):  # a decoder that writes the answers above
+        rows = [p + answer[tuple(p)] + [meta['eos_id']] * n_new for p in ids.tolist()]
+        return torch.tensor([r[:ids.shape[1] + n_new] for r in rows]), torch.ones(len(ids))
+    monkeypatch.setattr(evaluate, 'generate', generate)
+    right, _ = evaluate.score(model, tok, meta, 'val', 12, 5, contextlib.nullcontext(), 'x',
+                              Decoding(), None, None)
+    assert right == [True, False] * 6

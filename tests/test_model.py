@@ -167,6 +167,38 @@ def test_loss_on_a_hand_made_batch():
     assert math.isclose(mean.item(), (ce1 + ce2) / 2, rel_tol=1e-5)
 
 
+def test_the_loss_of_a_batch_of_rows_by_hand():
+    """Rows of unequal prompts and masks: 'elbo' sums ce / t over the batch's masked tokens and
+    divides by the batch's noisable tokens; 'mean' averages over the batch's masked tokens."""
+    g = torch.Generator().manual_seed(0)
+    x0, logits = torch.randint(0, 3, (3, 6), generator=g), torch.randn(3, 6, 3, generator=g)
+    prompt = torch.tensor([[True] * 2 + [False] * 4, [False] * 6, [True] * 5 + [False]])
+    masked = torch.rand(3, 6, generator=g) < 0.6
+    masked[:, -1] = True
+    masked &= ~prompt
+    t = torch.tensor([[0.5] * 6, [0.25] * 6, [1.0] * 6])
+    ce = -logits.log_softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
+    hand = [(ce[r, i].item(), t[r, i].item()) for r in range(3) for i in range(6) if masked[r, i]]
+    noisable = 4 + 6 + 1
+    elbo = diffusion_loss(logits, x0, loss_weights(masked, t, prompt, 'elbo'))
+    assert math.isclose(elbo.item(), sum(c / w for c, w in hand) / noisable, rel_tol=1e-5)
+    mean = diffusion_loss(logits, x0, loss_weights(masked, t, prompt, 'mean'))
+    assert math.isclose(mean.item(), sum(c for c, _ in hand) / len(hand), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize('u,want', [(0.0, 1.0), (1 - 2 ** -24, 2 ** -24)])
+def test_the_noise_rate_stays_in_its_range_at_the_ends_of_the_draw(u, want, monkeypatch):
+    """t lies in (t_min, t_max]: a draw of exactly 0 gives t_max, never a rate of 0 (an infinite
+    weight 1/t); the largest draw below 1 gives a rate just above t_min."""
+    real = torch.rand
+    draws = [torch.full((2, 2), u)]  # the first draw picks each block's rate
+    monkeypatch.setattr(torch, 'rand', lambda *a, **k: draws.pop() if draws else real(*a, **k))
+    x0, prompt = torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.bool)
+    _, masked, t = add_noise(x0, prompt, 4, 10, 0.0, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(t, torch.full((2, 8), want)) and (t > 0).all()
+    assert torch.isfinite(loss_weights(masked, t, prompt, 'elbo')).all()
+
+
 def test_flops_count():
     """Counted independently: torch's FLOP counter over a real training pass (forward + backward)
     for the matmuls, plus 12·d FLOPs per layer for each (query, key) pair the training mask allows,

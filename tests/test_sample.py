@@ -156,6 +156,28 @@ def test_sampling_temperature_on_a_known_distribution(temperature, want):
     assert torch.allclose(conf.flatten(), want[pred.flatten()])
 
 
+class FixedLogits(BlockDiffusionLM):
+    """A model that predicts the same distribution everywhere, whatever it reads."""
+
+    def __init__(self, probs):
+        super().__init__(ModelConfig(vocab_size=len(probs) + 1, mask_id=len(probs), seq_len=1,
+                                     block_size=1, n_layer=1, n_head=1, n_embd=2))
+        self.logits = torch.tensor(probs + [1e-30]).log()  # the last token is [MASK]
+
+    def forward(self, x_t, x0=None, delta=None, cache=None, loss_weights=None):
+        return self.logits.expand(*x_t.shape, -1)
+
+
+@pytest.mark.parametrize('temperature,want', [(0.5, [0.36, 0.09, 0.01]), (1.0, [0.6, 0.3, 0.1])])
+def test_generate_samples_the_committed_tokens_at_its_temperature(temperature, want):
+    """The whole sampler, seeded: the committed tokens follow p^(1/T), normalised."""
+    model = FixedLogits([0.6, 0.3, 0.1])
+    out, _ = decode(model, torch.zeros(20000, 0, dtype=torch.long), 1, temperature=temperature,
+                    generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out.flatten(), minlength=4).float() / 20000
+    assert torch.allclose(freq, torch.tensor(want + [0.0]) / sum(want), atol=0.01)
+
+
 def test_threshold_rule_commits_a_confidence_exactly_at_the_threshold():
     from sample import Decoding, commit_rule
     conf = torch.tensor([[0.5, 0.4375, 0.75, -1.0], [0.25, 0.125, 0.25, 0.0]])  # -1: not masked

@@ -242,27 +242,41 @@ def test_micro_batch_seeds_are_distinct_and_never_an_eval_batch():
     assert common.micro_batch_seed(1, 0, 1, 4) != common.micro_batch_seed(2, 0, 1, 4)
 
 
-def test_training_clips_with_grad_clip_and_the_loss_is_the_mean_over_micro_batches(tiny_reasoning,
-                                                                                      tmp_path,
-                                                                                      monkeypatch):
+@pytest.mark.parametrize('script', ['train_stage1.py', 'train_stage2.py'])
+def test_each_stage_clips_follows_its_schedule_and_averages_its_micro_batches(script, tiny_reasoning,
+                                                                              tiny_ckpt, tmp_path,
+                                                                              monkeypatch):
+    """The update step of either stage (stage 2: the paper's recipe, whose loss reads the
+    frozen reference only): clipped at grad_clip, the learning rate of common.lr_at, and the
+    logged loss the mean over the micro-batches."""
     calls = []
     real_clip = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_',
                         lambda p, c: calls.append(c) or real_clip(p, c))
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, 'argv', ['train_stage1.py', *TINY, f'--dataset={tiny_reasoning}',
-                                      '--seq_len=64', f'--out_dir={tmp_path}', '--max_iters=2',
-                                      '--grad_clip=0.37', '--grad_accum_steps=2',
-                                      '--eval_interval=2'])
-    g = runpy.run_path('train_stage1.py', run_name='__main__')
-    assert calls == [0.37, 0.37]
+    args = [f'--dataset={tiny_reasoning}', f'--out_dir={tmp_path}', '--max_iters=3',
+            '--grad_clip=0.37', '--grad_accum_steps=2', '--eval_interval=3', '--lr_decay_iters=3']
+    if script == 'train_stage1.py':
+        args += [*TINY, '--seq_len=64']
+    else:
+        args += [a for a in TINY if a.startswith(('--device', '--batch', '--eval_it', '--log',
+                                                  '--warmup'))]
+        args += [f'--init_from={tiny_ckpt}', '--rollout_steps=0', '--rollout_plain=0']
+    monkeypatch.setattr(sys, 'argv', [script, *args])
+    g = runpy.run_path(script, run_name='__main__')
+    assert calls == [0.37] * 3
+    log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    schedule = [common.lr_at(i, g['learning_rate'], g['min_lr'], 2, 3) for i in range(3)]
+    assert [r['lr'] for r in log if 'loss' in r] == schedule
     # iteration 1's logged loss is the mean of iteration 0's two micro-batch losses, each on its own
-    # seed, at the initial weights (rebuilt from the same torch seed)
+    # seed, at the initial weights (stage 1: rebuilt from the same torch seed)
     torch.manual_seed(1337)
-    model0 = checkpoint.build_model(g['ckpt']['model_args'])
+    initial = checkpoint.build_model(g['ckpt']['model_args']).state_dict()
+    if script == 'train_stage2.py':
+        initial = checkpoint.load_checkpoint(tiny_ckpt)['model']
+    g['model'].load_state_dict(initial)
     with torch.no_grad():
         seeds = [common.micro_batch_seed(1337, 0, m, 2) for m in range(2)]
-        want = sum(g['batch_loss'](model0, 'train', s) for s in seeds) / 2
-    log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+        want = sum(g['batch_loss'](g['model'], 'train', s) for s in seeds) / 2
     logged = [r['loss'] for r in log if r['iter'] == 1 and 'loss' in r]
     assert logged == [pytest.approx(want.item(), rel=1e-5)]
