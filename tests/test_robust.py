@@ -3,6 +3,7 @@ stops without writing its weights, a trained checkpoint is never silently replac
 is detected, --help works."""
 import json
 import os
+import re
 import runpy
 import shutil
 import sys
@@ -286,3 +287,18 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert not os.path.exists(path + '.tmp')
     monkeypatch.undo()
     assert torch.equal(checkpoint.load_checkpoint(path)['model']['w'], torch.ones(2))
+
+
+def test_the_readme_starts_with_two_commands_and_ci_runs_the_second_in_a_fresh_venv():
+    from readme_commands import readme_commands
+    install, test = readme_commands()
+    for command in (install, test):  # one line each, installing the lock first
+        assert '\n' not in command and command.startswith('pip install -r requirements.txt && ')
+    assert 'train_stage1.py' in install and test.endswith('python -m pytest -q tests')
+    with open(os.path.join(ROOT, '.ci', 'run')) as f:
+        ci = f.read()
+    assert 'python3 -m venv' in ci and 'readme_commands.py 2)' in ci and 'bash -c "$command"' in ci
+    with open(os.path.join(ROOT, 'requirements.txt')) as f:  # the lock: every package pinned
+        lock = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+    assert all(re.fullmatch(r'[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.]*', line) for line in lock), lock
+    assert {'torch', 'numpy', 'tiktoken', 'tqdm', 'pytest'} <= {x.split('==')[0] for x in lock}
