@@ -1,7 +1,7 @@
 """
-What the two training scripts share, besides checkpoints and data: errors, the device (and
-torchrun), the learning-rate schedule, and the run's log and progress. Each script keeps its own
-loop; these are its parts.
+What the two training scripts share, besides checkpoints and data: errors, the config's checks, the
+device (and torchrun), the learning-rate schedule, and a run's bookkeeping (log, progress, evals,
+saving). Each script keeps its own loop; these are the calls it makes.
 
 Multi-GPU: run either script under `torchrun --standalone --nproc_per_node=N`. Each rank runs every
 N-th micro-batch of an iteration's grad_accum_steps (a multiple of N), so an iteration sees exactly
@@ -9,6 +9,7 @@ the examples and noise a one-GPU run with the same grad_accum_steps sees; DDP av
 gradients; rank 0 alone logs and saves.
 """
 import atexit
+import functools
 import json
 import math
 import os
@@ -19,6 +20,10 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import checkpoint  # its module, not its names: checkpoint.py imports this file too
+from rcd import ALPHA_MODES
 
 EVAL_SEED = 10**9  # eval batch k is seeded EVAL_SEED + k: every eval scores the same examples
 
@@ -27,9 +32,13 @@ def fail(msg):
     raise SystemExit(f'error: {msg}')
 
 
-def check_train_config(c):
-    """The settings both stages share: a bad value is one clear line here, not a traceback from
-    inside torch."""
+def check_train_config(c, stage):
+    """A training script's settings (stage 1 or 2): a bad value is one clear line here, not a
+    traceback from inside torch."""
+    if stage == 1 and c['init_from'] not in ('scratch', 'resume'):
+        fail(f"init_from='{c['init_from']}' must be 'scratch' or 'resume'")
+    if stage == 2:
+        check_rcd_config(c)
     if c['loss_weighting'] not in ('elbo', 'mean'):
         fail(f"loss_weighting='{c['loss_weighting']}' must be 'elbo' or 'mean'")
     if not 0.0 <= c['mask_rate_min'] < c['mask_rate_max'] <= 1.0:
@@ -56,6 +65,51 @@ def check_train_config(c):
         fail('need min_lr <= learning_rate, and a finite weight_decay and grad_clip')
     if not 0 <= c.get('dropout', 0.0) < 1:
         fail(f"dropout={c['dropout']} must be in [0, 1)")
+
+
+def check_rcd_config(c):
+    """Stage 2's own settings: the residual and where its rows come from."""
+    if c['alpha_mode'] not in ALPHA_MODES:
+        fail(f"alpha_mode='{c['alpha_mode']}' must be one of {', '.join(ALPHA_MODES)}")
+    if not 0.0 <= c['rollout_plain'] <= 1.0:
+        fail(f"need 0 <= rollout_plain <= 1 (got {c['rollout_plain']})")
+    if not (c['rollout_steps'] >= 0 and 0 <= c['alpha_scale'] < math.inf
+            and 0 <= c['alpha_constant'] <= 1):
+        fail(f"need rollout_steps >= 0, a finite alpha_scale >= 0, 0 <= alpha_constant <= 1 "
+             f"(got {c['rollout_steps']}, {c['alpha_scale']}, {c['alpha_constant']})")
+    if c['reference_ckpt'] and c['rollout_steps'] > 0:
+        fail("reference_ckpt is read only with rollout_steps=0 (the paper's recipe)")
+
+
+def setup(c):
+    """Seed, device and torchrun's processes for a training run: (device, autocast, n_proc)."""
+    torch.manual_seed(c['seed'])
+    device, autocast = setup_device(c['device'], c['dtype'])
+    n_proc = world()[1]
+    check_grad_accum(c['grad_accum_steps'], n_proc)
+    return device, autocast, n_proc
+
+
+@functools.cache
+def compiled(fn):
+    """torch.compile(fn), once per function or model."""
+    return torch.compile(fn)
+
+
+def fused_on(device, compile=True):
+    """fused(fn): on CUDA fn through torch.compile, which fuses its elementwise passes over
+    (b, n, V) tensors into a few kernels (FlexAttention is fused only when compiled); fn itself
+    elsewhere."""
+    return lambda fn: compiled(fn) if compile and device.type == 'cuda' else fn
+
+
+def compile_and_wrap(model, compile, device, n_proc):
+    """(compiled, forward): the model through torch.compile on CUDA, and that wrapped in DDP under
+    torchrun (what the training steps call)."""
+    compiled = fused_on(device, compile)(model)
+    if n_proc == 1:
+        return compiled, compiled
+    return compiled, DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
 
 
 def world():
@@ -115,14 +169,6 @@ def sum_over_ranks(total):
     return total
 
 
-def leave(forward, n_proc):
-    """End a run: under torchrun every rank leaves together (rank 0 may still be saving)."""
-    if n_proc > 1:
-        dist.barrier()
-        del forward  # the DDP wrapper before its process group: the other order can hang at exit
-        dist.destroy_process_group()
-
-
 @torch.no_grad()
 def estimate_loss(model, loss_of, eval_iters, autocast):
     """Mean loss_of(split, seed) over eval_iters fixed batches of each split: the same batches at
@@ -171,43 +217,58 @@ def lr_at(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
 
 
 # --------------------------------------------------------------------------------------------------
-# The run's log (out_dir/log.jsonl) and progress on the terminal
+# A run's bookkeeping: what a training loop does besides training
 
-class RunLog:
-    """One JSON line per log/eval in out_dir/log.jsonl, and progress as plain lines: `iter N/total`,
-    loss, tokens/s, MFU, the elapsed time and an estimate of the time left. Rank 0 alone writes.
-    It also holds the run's out_dir: one training at a time (a lock file), and a Ctrl-C or SIGTERM
-    that says where the run stopped and how to continue it."""
+class Run:
+    """A training run's bookkeeping, behind the few calls its loop makes: the evals (which save a
+    better model), each iteration's micro-batch seeds, and the log: one JSON line per log/eval in
+    out_dir/log.jsonl, and progress as plain lines (`iter N/total`, loss, tokens/s, MFU, the time
+    spent and left). It also holds out_dir: one training at a time (a lock file), and a Ctrl-C or
+    SIGTERM that says where the run stopped and how to continue it. Rank 0 alone writes."""
 
-    def __init__(self, out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device,
-                 n_proc):
-        self.path = os.path.join(out_dir, 'log.jsonl')
-        self.start, self.max_iters, self.rank, self.t0 = start, max_iters, rank, time.perf_counter()
-        self.out_dir, self.iter_num, self.saved = out_dir, start, start
-        self.tokens_per_iter, self.flops_per_iter = tokens_per_iter, flops_per_iter
-        self.peak = peak_flops(device)
-        self.peak_all = self.peak * n_proc if self.peak else None
-        self.restart_clock(start)
-        if rank == 0:
-            try:
-                os.makedirs(out_dir, exist_ok=True)
-                self.lock()
-            except OSError as e:
-                fail(f"cannot write to out_dir='{out_dir}' ({e.strerror})")
-            signal.signal(signal.SIGINT, self.interrupted)
-            signal.signal(signal.SIGTERM, self.interrupted)  # what batch schedulers send
-            stale = os.path.join(out_dir, 'ckpt.pt.tmp')  # left by a run killed mid-save
-            if os.path.isfile(stale):
-                os.remove(stale)
-        if rank == 0 and start > 0 and os.path.isfile(self.path):  # drop what was logged later
+    def __init__(self, c, ckpt, model, optimizer, device, n_proc):
+        self.c, self.ckpt, self.model, self.optimizer = c, ckpt, model, optimizer
+        self.rank, self.n_proc, self.t0 = world()[0], n_proc, time.perf_counter()
+        self.start = self.iter_num = self.saved = ckpt.get('iter_num', 0)
+        self.best_val_loss = ckpt.get('best_val_loss', float('inf'))
+        self.path = os.path.join(c['out_dir'], 'log.jsonl')
+        self.micro_batches_per_process = c['grad_accum_steps'] // n_proc
+        self.tokens_per_iter = c['batch_size'] * c['grad_accum_steps'] * model.cfg.seq_len
+        self.flops_per_iter = model.flops_per_sequence() * c['batch_size'] * c['grad_accum_steps']
+        peak = peak_flops(device)
+        self.peak_all = peak * n_proc if peak else None
+        self.loss_sum = torch.zeros((), device=device)
+        self.restart_clock(self.start)
+        if self.rank == 0:
+            self.take_out_dir()
+        self.say(run_summary(model, self.tokens_per_iter, device, n_proc, peak))
+        if self.start >= c['max_iters'] and not c['eval_only']:
+            self.say(f"note: the run starts at iteration {self.start}, max_iters={c['max_iters']}: "
+                     f"nothing to train")
+
+    def take_out_dir(self):
+        """The lock, the signal handlers, and what a killed run left: a half-written checkpoint,
+        log lines past the iteration a resumed run starts at."""
+        out_dir = self.c['out_dir']
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            self.lock()
+        except OSError as e:
+            fail(f"cannot write to out_dir='{out_dir}' ({e.strerror})")
+        signal.signal(signal.SIGINT, self.interrupted)
+        signal.signal(signal.SIGTERM, self.interrupted)  # what batch schedulers send
+        stale = os.path.join(out_dir, 'ckpt.pt.tmp')  # left by a run killed mid-save
+        if os.path.isfile(stale):
+            os.remove(stale)
+        if self.start > 0 and os.path.isfile(self.path):  # drop what was logged later
             with open(self.path) as f:
                 lines = f.readlines()
-            kept = [line for line in lines if self.kept_on_resume(line, start)]
+            kept = [line for line in lines if self.kept_on_resume(line, self.start)]
             with open(self.path, 'w') as f:
                 f.writelines(kept)
             if len(kept) < len(lines):
                 self.say(f'{self.path}: dropped {len(lines) - len(kept)} lines logged after '
-                         f'iteration {start} or damaged')
+                         f'iteration {self.start} or damaged')
 
     @staticmethod
     def kept_on_resume(line, start):
@@ -235,7 +296,7 @@ class RunLog:
     def lock(self):
         """One training per out_dir: a lock file with our process id; a dead process's lock is
         taken over."""
-        path = os.path.join(self.out_dir, 'train.lock')
+        path = os.path.join(self.c['out_dir'], 'train.lock')
         if os.path.isdir(path):
             fail(f'{path} is a directory, not a lock file: remove it')
         if os.path.isfile(path):
@@ -243,16 +304,16 @@ class RunLog:
                 pid = f.read().strip()
             alive = pid.isdigit() and (os.path.exists(f'/proc/{pid}') or not os.path.isdir('/proc'))
             if alive and pid != str(os.getpid()):
-                fail(f'{self.out_dir} is in use by another training (process {pid}); if it is '
-                     f'gone, remove {path}')
-            print(f'note: taking over the stale lock of process {pid} in {self.out_dir}')
+                fail(f"{self.c['out_dir']} is in use by another training (process {pid}); if it "
+                     f"is gone, remove {path}")
+            print(f"note: taking over the stale lock of process {pid} in {self.c['out_dir']}")
         with open(path, 'w') as f:
             f.write(str(os.getpid()))
         atexit.register(lambda: os.path.isfile(path) and os.remove(path))
 
     def interrupted(self, signum, frame):
         """Ctrl-C or SIGTERM: one line with where the run stopped and how to continue it."""
-        ckpt = os.path.join(self.out_dir, 'ckpt.pt')
+        ckpt = os.path.join(self.c['out_dir'], 'ckpt.pt')
         if self.saved > 0 and os.path.isfile(ckpt):
             args = ' '.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
             raise SystemExit(f'stopped at iteration {self.iter_num}; the last checkpoint is '
@@ -261,29 +322,72 @@ class RunLog:
         raise SystemExit(f'stopped at iteration {self.iter_num}, before the first checkpoint: '
                          f'nothing to resume')
 
-    def tick(self, iter_num):
-        self.iter_num = iter_num
+    def evaluate(self, iter_num, loss_of, autocast):
+        """Train and val loss on fixed batches, logged; past the start, a better val loss (or
+        always_save_checkpoint) saves the checkpoint. A diverged run stops here, unsaved."""
+        c = self.c
+        losses = estimate_loss(self.model, loss_of, c['eval_iters'], autocast)
+        check_finite(losses, iter_num)
+        self.say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        self.write(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
+        better = losses['val'] < self.best_val_loss or c['always_save_checkpoint']
+        if iter_num > self.start and better and not c['eval_only']:
+            self.best_val_loss = min(self.best_val_loss, losses['val'])
+            if self.rank == 0:
+                self.ckpt.update(model=self.model.state_dict(),
+                                 optimizer=self.optimizer.state_dict(), iter_num=iter_num,
+                                 best_val_loss=self.best_val_loss)
+                path = os.path.join(c['out_dir'], 'ckpt.pt')
+                checkpoint.save_checkpoint(self.ckpt, path)
+                self.saved = iter_num
+                self.say(f'saved {path}')
+        self.restart_clock(iter_num)  # eval is not training time
+
+    def micro_batches(self, forward, iter_num):
+        """The seeds of this process's share of the iteration's micro-batches; under torchrun DDP
+        all-reduces the gradients once, after the last of them."""
+        accum = self.c['grad_accum_steps']
+        mine = range(self.rank, accum, self.n_proc)
+        for micro in mine:
+            if self.n_proc > 1:
+                forward.require_backward_grad_sync = micro == mine[-1]
+            yield micro_batch_seed(self.c['seed'], iter_num, micro, accum)
+
+    def add_loss(self, loss):
+        self.loss_sum += loss.detach() / self.n_proc
 
     def restart_clock(self, iter_num):
         """Training time and loss are measured from here (eval is not training time)."""
         self.t_last, self.it_last = time.perf_counter(), iter_num
+        self.loss_sum.zero_()
 
-    def train(self, iter_num, loss_total, lr):
-        """A training log: mean loss since the last one, tokens/s, MFU, time spent and left."""
+    def log(self, iter_num, lr):
+        """Every log_interval iterations: the mean loss since the last log, tokens/s, MFU, the time
+        spent and left."""
+        self.iter_num = iter_num
+        if iter_num % self.c['log_interval']:
+            return
         n = iter_num - self.it_last
-        loss = loss_total.item() / n  # .item() waits for the GPU
+        loss = sum_over_ranks(self.loss_sum).item() / n  # .item() waits for the GPU
         check_finite(dict(train=loss), iter_num)
         dt = (time.perf_counter() - self.t_last) / n
         mfu = self.flops_per_iter / dt / self.peak_all if self.peak_all else None
         self.write(dict(iter=iter_num, loss=loss, lr=lr, ms_per_iter=1000 * dt,
                         tokens_per_s=self.tokens_per_iter / dt, mfu=mfu))
         elapsed = time.perf_counter() - self.t0
-        left = elapsed / (iter_num - self.start) * (self.max_iters - iter_num)
+        left = elapsed / (iter_num - self.start) * (self.c['max_iters'] - iter_num)
         mfu_text = f' | MFU {100 * mfu:.1f}%' if mfu else ''
-        self.say(f'iter {iter_num}/{self.max_iters}: loss {loss:.4f} | '
+        self.say(f"iter {iter_num}/{self.c['max_iters']}: loss {loss:.4f} | "
                  f'{self.tokens_per_iter / dt:,.0f} tok/s{mfu_text} | lr {lr:.2e} | '
                  f'{elapsed:.0f}s, ~{left:.0f}s left')
         self.restart_clock(iter_num)
+
+    def leave(self, forward):
+        """End a run: under torchrun every rank leaves together (rank 0 may still be saving)."""
+        if self.n_proc > 1:
+            dist.barrier()
+            del forward  # the DDP wrapper before its process group: the other order can hang
+            dist.destroy_process_group()
 
 
 def run_summary(model, tokens_per_iter, device, n_proc, peak):

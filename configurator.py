@@ -53,10 +53,10 @@ def _run_file(path):
 
 def configure(config, keys, argv):
     """Apply config files and --key=value flags from argv to the dict `config` (a script's
-    globals), for `keys` only. Ctrl-C raises KeyboardInterrupt again from here: each script quits
+    globals), for `keys` only; returns the keys they set. Ctrl-C raises KeyboardInterrupt again from here: each script quits
     at once on it while torch loads (an exception raised inside torch's import can abort)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    defaults = {k: config[k] for k in keys}
+    defaults, told = {k: config[k] for k in keys}, set()
     if '--help' in argv or '-h' in argv:  # what the script does, then every key with its default
         print((config.get('__doc__') or '').strip()
               + '\n\nconfig keys (--key=value), with their defaults:')
@@ -71,6 +71,7 @@ def configure(config, keys, argv):
                 if not key.startswith('_') and not callable(value) and \
                         type(value).__name__ != 'module':
                     config[key] = _checked(key, value, defaults, arg)
+                    told.add(key)
         else:
             key, eq, text = arg[2:].partition('=')
             if not eq:
@@ -84,18 +85,21 @@ def configure(config, keys, argv):
             if type(defaults.get(key)) is float and text.lower() in ('nan', 'inf', '-inf'):
                 value = float(text)  # a number: the script's range checks say what is wrong
             config[key] = _checked(key, value, defaults, 'command line')
+            told.add(key)
     changed = ' '.join(f'{k}={config[k]!r}' for k in keys if config[k] != defaults[k])
     if os.environ.get('RANK', '0') == '0':  # under torchrun, rank 0 speaks for all
         print(f"config: {changed or 'defaults'}")
+    return told
 
 
 def configure_and_run(main, config):
-    """A script's entry: configure its plain-typed globals from argv, then run main(); Ctrl-C stops
-    it with one line (what it wrote before is whole)."""
+    """A script's entry: configure its plain-typed globals from argv, then run main(told), told the
+    keys a config file or flag set; Ctrl-C stops it with one line (what it wrote before is
+    whole)."""
     keys = [k for k, v in config.items()
             if not k.startswith('_') and type(v) in (int, float, bool, str)]
-    configure(config, keys, sys.argv[1:])
+    told = configure(config, keys, sys.argv[1:])
     try:
-        main()
+        main(told)
     except KeyboardInterrupt:
         raise SystemExit('stopped (Ctrl-C)')

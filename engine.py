@@ -1,16 +1,16 @@
 """
 The inference machinery under sample.generate, which a reader of the method may skip: each
 model's forward pass over one block (against its KV cache, as a replayed CUDA graph on CUDA, or by
-re-running the whole prefix), the step's compiled helpers, and loading the models to sample from.
+re-running the whole prefix), and loading the models to sample from.
 """
-import functools
+from dataclasses import replace
 
 import torch
 
+import common
 from checkpoint import build_model, check_compatible, load_checkpoint
 from data.tokenizer import Tokenizer
 from model import KVCache
-from rcd import residual, residual_probs
 
 
 class BlockRunner:
@@ -45,27 +45,13 @@ class BlockRunner:
         self.cache.advance(e - s)  # keep the block's keys/values
 
 
-def step_functions(device):
-    """(token probabilities, RCD residual) of a step's logits; on CUDA compiled, so that their
-    passes over the (b, B, V) float32 probabilities fuse into a few kernels."""
-    if device.type == 'cuda':
-        return compiled(residual_probs), compiled(residual)
-    return residual_probs, residual
-
-
-@functools.cache
-def compiled(fn):
-    """torch.compile(fn), once per function or model: every generate() call reuses it."""
-    return torch.compile(fn)
-
-
 def step_graph(model, cache, b):
     """model's forward on one block against `cache`, compiled and captured once as a CUDA graph: a
     replay launches the whole pass at once, where an eager pass is ~400 kernel launches and the
     host, not the GPU, bounds the sampler; compiled, its elementwise work is fused (at large batches
     the GPU bounds it). The cache's position lives on the device, so one graph serves every step of
     every block. Returns replay(x_block, delta)."""
-    cfg, forward = model.cfg, compiled(model)
+    cfg, forward = model.cfg, common.compiled(model)
     x = torch.full((b, cfg.block_size), cfg.mask_id, dtype=torch.long, device=cache.start.device)
     delta = torch.zeros(b, cfg.block_size, cfg.n_embd, device=x.device)  # no residual: zeros
     # the weight casts become part of the graph: autocast must not cache them across the capture
@@ -92,18 +78,22 @@ def step_graph(model, cache, b):
     return replay
 
 
-def unlike_training(dec, trained):
-    """How decoding with `dec` differs from how the model was trained (`trained`: its config),
-    one line each: taken on purpose (the ablations decode so), but never in silence."""
-    if not dec.use_rcd:
-        return []
-    if trained.get('alpha_mode', 'none') == 'none':  # stage 1, or a stage-2 arm without residuals
-        return ['this model was never trained to read residuals; --use_rcd=True feeds them to it '
-                'anyway (--use_rcd=False decodes it as it was trained)']
-    if trained['alpha_scale'] != dec.alpha_scale:
-        return [f"the model was trained at alpha_scale={trained['alpha_scale']}, decoded at "
-                f"{dec.alpha_scale}"]
-    return []
+def as_trained(dec, trained, told):
+    """dec with RCD's settings as the model was trained (its checkpoint's config) wherever the
+    command line left them (`told`: the keys it set): residuals on for a model trained to read
+    them, at its α mode, constant and scale. A setting told otherwise says so in one line (taken on
+    purpose: the ablations decode so)."""
+    reads = trained.get('alpha_mode', 'none') != 'none'  # stage 1, or an arm without residuals
+    knobs = dict(use_rcd=reads)
+    if reads:
+        knobs.update({k: trained[k] for k in ('alpha_mode', 'alpha_constant', 'alpha_scale')})
+    for key, value in knobs.items():
+        if key not in told:
+            dec = replace(dec, **{key: value})
+        elif getattr(dec, key) != value and (key == 'use_rcd' or dec.use_rcd):
+            print(f'note: {key}={getattr(dec, key)!r} is not how the model was trained '
+                  f'({key}={value!r})')
+    return dec
 
 
 def load_models(ckpt, reference_ckpt, dev):

@@ -34,17 +34,18 @@ from tqdm import tqdm
 import common
 from configurator import configure_and_run
 from data.datasets import answer_of, is_right, load_problems
-from engine import load_models
+from engine import as_trained, load_models
 from sample import Decoding, check_decoding, generate
 
 # --------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'
 label = ''                   # the row's name in records ('' = 'RCD' with use_rcd, else 'baseline')
+# RCD's settings: where not set here, as the model was trained (its checkpoint says)
 use_rcd = False              # RCD sampling (residual context); False = the plain sampler, α = 0
 alpha_mode = 'entropy'       # with use_rcd: 'entropy', 'confidence', 'constant', 'none'
 alpha_constant = 0.5
-alpha_scales = '1.0'         # with use_rcd, to sweep: α × these (the trained value; 0 = residual
-                             # off, the `_off` row: this model decoded by the plain sampler)
+alpha_scales = ''            # with use_rcd, to sweep: α × these ('' = the trained scale; 0 =
+                             # residual off, the `_off` row: this model by the plain sampler)
 residual_temperatures = '1.0'  # with use_rcd: T_res values to sweep (α of softmax(logits / T_res))
 first_steps = 'zero'         # with use_rcd, to sweep: 'zero', 'self', 'reference', 'dirichlet'
 reference_ckpt = ''          # the model of first_steps 'reference'
@@ -358,7 +359,7 @@ def numbers(text, name, kind):
         common.fail(f"{name}='{text}' must be comma-separated numbers")
 
 
-def main():
+def main(told):
     """The tables from records (--report, --plot), or else a sweep that writes them."""
     budget_list = sorted(numbers(budgets, 'budgets', float))
     if not budget_list or not all(1 <= b < math.inf for b in budget_list):
@@ -372,29 +373,26 @@ def main():
             return draw(plot, val, budget_list)
         return print(report_text(read_records(report), read_records(val, 'val'), budget_list,
                                  references.split(',')))
-    sweep(sweep_settings())
+    sweep(told)
 
 
-def sweep_settings():
-    """Every decoding setting the config asks for (commit rule × RCD knobs), each checked before
-    any work."""
-    dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant)
+def sweep_settings(dec):
+    """Every decoding setting the config asks for (commit rule × RCD knobs) from `dec`, each
+    checked before any scoring."""
     starts = first_steps.split(',')
     for start in starts:  # each first step checked alone, as sample.py checks it
         reference = reference_ckpt if start == 'reference' else ''
         check_decoding(replace(dec, first_step=start), reference)
-    if reference_ckpt and 'reference' not in starts:
-        common.fail("reference_ckpt is read only by first_steps 'reference'")
     if split not in ('val', 'test'):
         common.fail(f"split='{split}' must be 'val' or 'test'")
     if n_problems < 0 or batch_size < 1 or not 0 <= seed < 2**32:
         common.fail(f'need n_problems >= 0 (0 = all), batch_size >= 1 and 0 <= seed < 2**32 '
                     f'(got {n_problems}, {batch_size}, {seed})')
-    if not use_rcd and (alpha_scales, residual_temperatures) != ('1.0', '1.0'):
+    if not dec.use_rcd and (alpha_scales, residual_temperatures) != ('', '1.0'):
         common.fail('alpha_scales and residual_temperatures sweep RCD: use them with '
                     '--use_rcd=True')
     temps = numbers(residual_temperatures, 'residual_temperatures', float)
-    scales = numbers(alpha_scales, 'alpha_scales', float)
+    scales = numbers(alpha_scales, 'alpha_scales', float) or [dec.alpha_scale]
     knobs = [(a, T, f) for a in scales if a != 0 for T in temps for f in starts]
     knobs += [(0.0, 1.0, 'zero')] if 0 in scales else []  # the residual off: no other knob acts
     rules = [(k, 0.0) for k in numbers(tokens_per_step_grid, 'tokens_per_step_grid', int)]
@@ -411,17 +409,22 @@ def sweep_settings():
     return settings
 
 
-def sweep(settings):
+def sweep(told):
     """Score every setting on the split: one JSON record per setting, appended to `records`."""
+    if reference_ckpt and 'reference' not in first_steps.split(','):
+        common.fail("reference_ckpt is read only by first_steps 'reference'")
+    dev, autocast = common.setup_device(device, dtype)
+    model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
+    dec = Decoding(use_rcd=use_rcd, alpha_mode=alpha_mode, alpha_constant=alpha_constant)
+    dec = as_trained(dec, train_config, told)  # RCD's settings the checkpoint's, unless told
+    settings = sweep_settings(dec)
+    torch.manual_seed(seed)
     try:  # before any scoring: a run must not end with results it cannot write
         os.makedirs(os.path.dirname(records) or '.', exist_ok=True)
         open(records, 'a').close()
     except OSError as e:
         common.fail(f'cannot write records to {records} ({e.strerror})')
-    torch.manual_seed(seed)
-    dev, autocast = common.setup_device(device, dtype)
-    model, meta, tok, reference, train_config = load_models(ckpt, reference_ckpt, dev)
-    name = label or ('RCD' if use_rcd else 'baseline')
+    name = label or ('RCD' if dec.use_rcd else 'baseline')
     for dec in settings:
         t0 = time.perf_counter()
         right, passes = score(model, tok, meta, split, n_problems, batch_size, autocast, name, dec,
@@ -430,8 +433,9 @@ def sweep(settings):
         n, correct, rule = len(right), sum(right), 'threshold' if dec.threshold else 'static'
         record = dict(label=name, ckpt=ckpt, train_seed=train_config.get('seed'),
                       dataset=meta['dataset'], data_seed=meta.get('data_seed'), split=split,
-                      block_size=model.cfg.block_size, use_rcd=use_rcd,
-                      alpha_mode=alpha_mode if use_rcd else 'none', alpha_scale=dec.alpha_scale,
+                      block_size=model.cfg.block_size, use_rcd=dec.use_rcd,
+                      alpha_mode=dec.alpha_mode if dec.use_rcd else 'none',
+                      alpha_scale=dec.alpha_scale,
                       first_step=dec.first_step, residual_temperature=dec.residual_temperature,
                       rule=rule, tokens_per_step=None if dec.threshold else dec.tokens_per_step,
                       threshold=dec.threshold or None, n=n, correct=correct,

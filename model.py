@@ -262,6 +262,14 @@ def loss_weights(masked, t, prompt_mask, weighting):
     return masked / masked.sum().clamp(min=1)
 
 
+def token_probs(logits, mask_id, temperature=1.0):
+    """p = softmax(logits / T) over the tokens the model predicts: all but [MASK]. Float32:
+    entropies of low-precision probabilities are noisy. The sampler's confidence, RCD's p."""
+    logits = logits.float().clone()
+    logits[..., mask_id] = float('-inf')
+    return torch.softmax(logits / temperature, dim=-1)
+
+
 def diffusion_loss(logits, x0, weights):
     """Σ weights · cross-entropy of the clean tokens x0 under logits (in float32: bf16
     log-probabilities are coarse)."""

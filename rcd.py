@@ -19,15 +19,9 @@ import math
 
 import torch
 
+from model import token_probs
+
 ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')  # the paper's Fig. 5 ablation, + none
-
-
-def residual_probs(logits, mask_id, temperature=1.0):
-    """p_i = softmax(logits_i / T) over the vocabulary without [MASK] (the model never predicts
-    [MASK]). Float32: entropies of low-precision probabilities are noisy."""
-    logits = logits.float().clone()
-    logits[..., mask_id] = float('-inf')
-    return torch.softmax(logits / temperature, dim=-1)
 
 
 def residual_weight(probs, mode, constant=0.5):
@@ -43,9 +37,7 @@ def residual_weight(probs, mode, constant=0.5):
         return probs.amax(-1)
     if mode == 'constant':
         return torch.full(probs.shape[:-1], float(constant), device=probs.device)
-    if mode == 'none':
-        return torch.zeros(probs.shape[:-1], device=probs.device)
-    raise ValueError(f"alpha_mode='{mode}' must be one of {', '.join(ALPHA_MODES)}")
+    return torch.zeros(probs.shape[:-1], device=probs.device)  # 'none'; modes are checked before
 
 
 def residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0,
@@ -55,8 +47,8 @@ def residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0
     the paper's vocabulary, where the same uncertainty gives a smaller H(p) / log V (the README's
     result). temperature is T_res (inference only, the paper's Alg. 2): α is read from
     softmax(logits / T_res) while Δ keeps the untempered p."""
-    probs = residual_probs(logits, mask_id)
-    tempered = probs if temperature == 1.0 else residual_probs(logits, mask_id, temperature)
+    probs = token_probs(logits, mask_id)
+    tempered = probs if temperature == 1.0 else token_probs(logits, mask_id, temperature)
     alpha = (scale * residual_weight(tempered, mode, constant)).clamp(max=1.0)[..., None]
     alpha = alpha.to(embedding.dtype)
     delta_soft = probs.to(embedding.dtype) @ embedding  # Eq. 1: Δ = p E
@@ -64,12 +56,12 @@ def residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0
     return (e - embedding[mask_id]) * remasked[..., None].to(e.dtype)
 
 
-def dirichlet_logits(shape, mask_id, generator=None, device=None):
+def dirichlet_logits(shape, generator=None, device=None):
     """Logits of p ~ Dirichlet(1, ..., 1) over the tokens: the non-informative first-step
     residual of the paper's Table 5 (it names no concentration; 1 is uniform over the simplex).
     A Dirichlet(1) draw is Exp(1) draws normalized."""
     u = torch.rand(shape, generator=generator, device=device).clamp_min(1e-12)
-    return torch.log(-torch.log(u))  # log of an Exp(1) draw; [MASK] is dropped by residual_probs
+    return torch.log(-torch.log(u))  # log of an Exp(1) draw; [MASK] is dropped by token_probs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,7 +111,7 @@ def rollout(model, x0, x_t, prompt_mask, n_steps, threshold, reads_residual, alp
         delta = residual(logits[:k], embedding, mask_id, remasked[:k], alpha_mode, alpha_constant,
                          alpha_scale)
         logits[:k] = model(x_t[:k], x0[:k], delta).float()
-        conf = residual_probs(logits[:k], mask_id).amax(-1).masked_fill(~masked, -1.0)
+        conf = token_probs(logits[:k], mask_id).amax(-1).masked_fill(~masked, -1.0)
         conf = conf.view(k, L // B, B)
         commit = (conf >= threshold[:k, None, None]) | (conf == conf.amax(-1, keepdim=True))
         commit = commit.view(k, L) & masked

@@ -88,7 +88,7 @@ class Tally:
 
 def fed(logits, answer, train):
     """(α as the model is fed it, whether the residual's top token is the answer) per position."""
-    probs = rcd.residual_probs(logits, train['mask_id'])
+    probs = rcd.token_probs(logits, train['mask_id'])
     alpha = train['alpha_scale'] * rcd.residual_weight(probs, train['alpha_mode'],
                                                        train['alpha_constant'])
     return alpha.clamp(max=1.0), probs.argmax(-1) == answer
@@ -156,7 +156,7 @@ def val_rows(meta, n):
     return x0, prompt_len
 
 
-def main():
+def main(told):
     dev, autocast = common.setup_device(device, dtype)
     model, meta, _, reference, config = engine.load_models(ckpt, reference_ckpt, dev)
     if 'rollout_steps' not in config:

@@ -9,15 +9,16 @@ least one per step). A finished block is run once more to append its keys/values
 = forward passes per answer (denoising steps + cache fills + any pass that seeds a block's first
 step; the prompt's prefill is not counted).
 
-With --use_rcd=True (the default) the remasked positions do not go back to plain [MASK]: they
-carry a residual built from this step's predictions into the next step (rcd.py). A stage-2 RCD
-model was trained to read residuals; a stage-1 model was not (decode it with --use_rcd=False).
---alpha_mode=none is exactly the plain sampler. --first_step says what a block's first step reads,
-which has no previous step.
+With RCD (use_rcd) the remasked positions do not go back to plain [MASK]: they carry a residual
+built from this step's predictions into the next step (rcd.py). A model is decoded as it was
+trained unless told otherwise: a stage-2 RCD model with its residual settings, a stage-1 model (or
+an arm trained without residuals) by the plain sampler. --alpha_mode=none is exactly the plain
+sampler. --first_step says what a block's first step reads, which has no previous step.
 
-    python sample.py                                          # out/stage2/ckpt.pt, RCD, τ 0.99
-    python sample.py --use_rcd=False                          # the same weights, plain sampler
-    python sample.py --ckpt=out/stage1/ckpt.pt --use_rcd=False --threshold=0   # 1 token/step
+    python sample.py                                  # out/stage2/ckpt.pt as trained, 1 token/step
+    python sample.py --threshold=0.99                 # the threshold rule
+    python sample.py --use_rcd=False                  # the same weights, plain sampler
+    python sample.py --ckpt=out/stage1/ckpt.pt        # stage 1: the plain sampler
 On a dataset with answers (sudoku, reasoning) and no --prompt it samples the first test problems
 and says whether each answer is right. Accuracy over a sweep of decoding budgets: eval.py.
 """
@@ -34,9 +35,10 @@ import torch
 
 import common
 import engine
+import rcd
 from configurator import configure_and_run
 from data.datasets import answer_of, is_right, load_problems
-from rcd import ALPHA_MODES, dirichlet_logits
+from model import token_probs
 
 FIRST_STEPS = ('zero', 'self', 'reference', 'dirichlet')  # the paper's Table 5
 
@@ -46,13 +48,14 @@ prompt = ''                  # text to continue ('\\n' is a newline); '' = the f
 num_samples = 8
 max_new_tokens = 0           # 0 = up to the model's context length
 tokens_per_step = 1          # static rule: tokens committed per step (spread evenly over the block)
-threshold = 0.99             # > 0: threshold rule: commit every position with top probability >= it
+threshold = 0.0              # > 0: threshold rule: commit every position with top probability >= it
 temperature = 0.0            # 0 = greedy; else sample committed tokens from softmax(logits / T)
 use_cache = True             # False: re-run the whole sequence at every step (same tokens, slower)
-use_rcd = True               # residual context: remasked positions carry their residual onward
+# RCD's settings: where not set here, as the model was trained (its checkpoint says)
+use_rcd = False              # residual context: remasked positions carry their residual onward
 alpha_mode = 'entropy'       # with use_rcd: 'entropy' (paper), 'confidence', 'constant', 'none'
 alpha_constant = 0.5         # α for alpha_mode='constant'
-alpha_scale = 0.25           # α is multiplied by this (capped at 1): as the model was trained
+alpha_scale = 1.0            # α is multiplied by this (capped at 1)
 residual_temperature = 1.0   # T_res: with use_rcd, α is the entropy of softmax(logits / T_res)
 first_step = 'zero'          # with use_rcd, the residual of a block's first step: 'zero' (cold
                              # start), 'self' (one extra pass of the model), 'reference' (one
@@ -87,8 +90,8 @@ class Decoding:
                 and 0 <= self.alpha_constant <= 1):
             return ('need 1e-3 <= residual_temperature and alpha_scale >= 0 both finite, and '
                     '0 <= alpha_constant <= 1')
-        if self.alpha_mode not in ALPHA_MODES:
-            return f"alpha_mode='{self.alpha_mode}' must be one of {', '.join(ALPHA_MODES)}"
+        if self.alpha_mode not in rcd.ALPHA_MODES:
+            return f"alpha_mode='{self.alpha_mode}' must be one of {', '.join(rcd.ALPHA_MODES)}"
         if self.first_step not in FIRST_STEPS:
             return f"first_step='{self.first_step}' must be one of {', '.join(FIRST_STEPS)}"
         if self.first_step != 'zero' and not self.use_rcd:
@@ -138,7 +141,7 @@ def first_step_logits(dec, target, reference, s, e, generator):
         return None
     if dec.first_step == 'dirichlet':
         cfg, x = target.model.cfg, target.x
-        return dirichlet_logits((len(x), e - s, cfg.vocab_size), cfg.mask_id, generator, x.device)
+        return rcd.dirichlet_logits((len(x), e - s, cfg.vocab_size), generator, x.device)
     if dec.first_step == 'reference' and reference is None:
         raise ValueError("first_step='reference' needs a reference model")
     return (reference if dec.first_step == 'reference' else target)(s, e)
@@ -150,7 +153,7 @@ def denoise_block(x, s, e, done, dec, target, reference, generator):
     block (engine.BlockRunner). Returns the forward passes each row took."""
     model = target.model
     mask_id, weight = model.cfg.mask_id, model.wte.weight
-    probs_of, residual_of = engine.step_functions(x.device)
+    fused = common.fused_on(x.device)  # fused(f): f compiled on CUDA, f itself on a CPU
     schedule = commit_counts(int((x[0, s:e] == mask_id).sum()), dec.tokens_per_step)
     passes = torch.zeros(len(x), dtype=torch.long, device=x.device)
     # RCD: each step's residual comes from res_logits at the remasked positions
@@ -165,12 +168,13 @@ def denoise_block(x, s, e, done, dec, target, reference, generator):
             return passes
         delta = None  # built before the pass: a replayed graph overwrites its logits
         if res_logits is not None:
-            delta = residual_of(res_logits, weight, mask_id, remasked, dec.alpha_mode,
-                                dec.alpha_constant, dec.alpha_scale, dec.residual_temperature)
+            delta = fused(rcd.residual)(res_logits, weight, mask_id, remasked, dec.alpha_mode,
+                                        dec.alpha_constant, dec.alpha_scale,
+                                        dec.residual_temperature)
         logits = target(s, e, delta)
         passes += live
-        pred, conf = predict(probs_of(logits, mask_id, dec.temperature or 1.0), masked, dec,
-                             generator)
+        probs = fused(token_probs)(logits, mask_id, dec.temperature or 1.0)
+        pred, conf = predict(probs, masked, dec, generator)
         commit = commit_rule(conf, masked, dec, schedule[min(step, len(schedule) - 1)])
         x[:, s:e] = torch.where(commit, pred, x[:, s:e])  # the rest stays [MASK]: remasked
         if dec.use_rcd:  # RCD: the remasked positions keep what this step computed for them
@@ -221,21 +225,20 @@ def check_decoding(dec, reference_ckpt):
                     "needs it")
 
 
-def main():
-    dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant,
-                   alpha_scale, residual_temperature, first_step)
-    check_decoding(dec, reference_ckpt)
+def main(told):
     if not (1 <= num_samples <= 1000 and max_new_tokens >= 0 and 0 <= seed < 2**32):
         common.fail(f'need 1 <= num_samples <= 1000, max_new_tokens >= 0 and 0 <= seed < 2**32 '
                     f'(got {num_samples}, {max_new_tokens}, {seed}); eval.py scores whole splits')
     torch.manual_seed(seed)
     dev, autocast = common.setup_device(device, dtype)
     model, meta, tok, reference, trained = engine.load_models(ckpt, reference_ckpt, dev)
-    for note in engine.unlike_training(dec, trained):
-        print(f'note: {note}')
+    dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant,
+                   alpha_scale, residual_temperature, first_step)
+    dec = engine.as_trained(dec, trained, told)  # RCD's settings the checkpoint's, unless told
+    check_decoding(dec, reference_ckpt)
     rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
-    if use_rcd:
-        rule += f', RCD alpha={alpha_mode}, first step {first_step}'
+    if dec.use_rcd:
+        rule += f', RCD alpha={dec.alpha_mode} x {dec.alpha_scale}, first step {first_step}'
     if tokens_per_step > model.cfg.block_size and threshold == 0:
         print(f'note: tokens_per_step={tokens_per_step} is more than a block '
               f'({model.cfg.block_size} tokens): each step commits the whole block')

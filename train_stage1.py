@@ -8,7 +8,7 @@ GPU, the 81-digit answer one diffusion block.
     python train_stage1.py config/reasoning_gpu.py          # the arithmetic task
     python train_stage1.py --init_from=resume               # continue out_dir/ckpt.pt exactly
 
-Reads top to bottom: config, device, data, model and optimizer, then the training loop.
+Reads top to bottom: config, setup, one training step's loss, then the training loop.
 """
 import os
 import signal
@@ -19,10 +19,9 @@ from functools import partial
 signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
-from checkpoint import build_model, load_checkpoint, save_checkpoint
+from checkpoint import build_model, start_run
 from configurator import configure
 from data.datasets import Batches, load_dataset
 from model import add_noise, loss_weights
@@ -72,42 +71,19 @@ configure(globals(), config_keys, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}
 # --------------------------------------------------------------------------------------------------
 
-if init_from not in ('scratch', 'resume'):
-    common.fail(f"init_from='{init_from}' must be 'scratch' or 'resume'")
-common.check_train_config(config)
-torch.manual_seed(seed)
-device, autocast = common.setup_device(device, dtype)
-rank, n_proc = common.world()
-common.check_grad_accum(grad_accum_steps, n_proc)
+common.check_train_config(config, stage=1)  # a bad setting is one line, before any work
+device, autocast, n_proc = common.setup(config)  # seed, device, torchrun's processes
 meta = load_dataset(dataset)
 batches = Batches(meta, seq_len, batch_size, device)
-
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 model_args = dict(vocab_size=meta['vocab_size'], mask_id=meta['mask_id'], seq_len=seq_len,
                   block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                   dropout=dropout)
-if init_from == 'resume':
-    ckpt = load_checkpoint(ckpt_path, stage=1)
-    changed = [f'{k} {v} (was {ckpt["model_args"][k]})' for k, v in model_args.items()
-               if ckpt['model_args'].get(k) != v]
-    if changed:  # a resumed run keeps its model and data: a flag that changes them is refused
-        common.fail(f"{ckpt_path} was trained with other settings: {', '.join(changed)}")
-    print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
-else:
-    if os.path.isfile(ckpt_path):
-        common.fail(f'{ckpt_path} exists and this run would replace it (or, with eval_only, score '
-                    f'fresh weights beside it): continue it with --init_from=resume, or use a '
-                    f'fresh --out_dir')
-    ckpt = dict(model_args=model_args, model=None)
+ckpt = start_run(config, meta, 1, model_args)  # a fresh run, or out_dir/ckpt.pt resumed
 model = build_model(ckpt['model_args'], ckpt['model']).to(device)
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
 if init_from == 'resume':
     optimizer.load_state_dict(ckpt['optimizer'])
-ckpt.update(config=config, meta=meta)
-compiled = torch.compile(model) if compile and device.type == 'cuda' else model
-forward = compiled
-if n_proc > 1:
-    forward = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
+compiled, forward = common.compile_and_wrap(model, compile, device, n_proc)
 
 
 def batch_loss(forward, split, batch_seed):
@@ -121,55 +97,27 @@ def batch_loss(forward, split, batch_seed):
 
 # --------------------------------------------------------------------------------------------------
 # the training loop
-iter_num = start = ckpt.get('iter_num', 0)
-best_val_loss = ckpt.get('best_val_loss', float('inf'))
-tokens_per_iter = batch_size * grad_accum_steps * seq_len
-flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
-log = common.RunLog(out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device,
-                    n_proc)
-log.say(common.run_summary(model, tokens_per_iter, device, n_proc, log.peak))
-if start >= max_iters and not eval_only:
-    log.say(f'note: the run starts at iteration {start}, max_iters={max_iters}: nothing to train')
-loss_sum = torch.zeros((), device=device)
+run = common.Run(config, ckpt, model, optimizer, device, n_proc)  # log, progress, MFU, saving
+iter_num = run.start
 while True:
     lr = common.lr_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 or iter_num == max_iters:
-        losses = common.estimate_loss(model, partial(batch_loss, compiled), eval_iters, autocast)
-        common.check_finite(losses, iter_num)
-        log.say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        log.write(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
+        run.evaluate(iter_num, partial(batch_loss, compiled), autocast)  # saves a better model
         if eval_only:
             break
-        if iter_num > start and (losses['val'] < best_val_loss or always_save_checkpoint):
-            best_val_loss = min(best_val_loss, losses['val'])
-            if rank == 0:
-                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            iter_num=iter_num, best_val_loss=best_val_loss)
-                save_checkpoint(ckpt, ckpt_path)
-                log.saved = iter_num
-                log.say(f'saved {ckpt_path}')
-        log.restart_clock(iter_num)  # eval is not training time
-        loss_sum = torch.zeros((), device=device)
     if iter_num >= max_iters:
         break
-    my_micros = range(rank, grad_accum_steps, n_proc)  # this rank's share of the micro-batches
-    for micro in my_micros:
-        if n_proc > 1:  # all-reduce the gradients once, after the last micro-batch
-            forward.require_backward_grad_sync = micro == my_micros[-1]
+    for batch_seed in run.micro_batches(forward, iter_num):  # this process's share of them
         with autocast:
-            batch_seed = common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps)
-            loss = batch_loss(forward, 'train', batch_seed) / (grad_accum_steps // n_proc)
+            loss = batch_loss(forward, 'train', batch_seed) / run.micro_batches_per_process
         loss.backward()
-        loss_sum += loss.detach() / n_proc
+        run.add_loss(loss)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
-    log.tick(iter_num)
-    if iter_num % log_interval == 0:
-        log.train(iter_num, common.sum_over_ranks(loss_sum), lr)  # loss, tokens/s, MFU
-        loss_sum = torch.zeros((), device=device)
-common.leave(forward, n_proc)
+    run.log(iter_num, lr)  # every log_interval: loss, tokens/s, MFU, time left
+run.leave(forward)

@@ -26,11 +26,10 @@ from functools import partial
 signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import common
 import rcd
-from checkpoint import build_model, check_compatible, load_checkpoint, save_checkpoint
+from checkpoint import build_model, load_reference, start_run
 from configurator import configure
 from data.datasets import Batches, load_dataset
 from model import add_noise, loss_weights
@@ -86,64 +85,20 @@ configure(globals(), config_keys, sys.argv[1:])
 config = {k: globals()[k] for k in config_keys}
 # ------------------------------------------------------------------------------------------------
 
-common.check_train_config(config)
-if alpha_mode not in rcd.ALPHA_MODES:
-    common.fail(f"alpha_mode='{alpha_mode}' must be one of {', '.join(rcd.ALPHA_MODES)}")
-if not 0.0 <= rollout_plain <= 1.0:
-    common.fail(f'need 0 <= rollout_plain <= 1 (got {rollout_plain})')
-if not (rollout_steps >= 0 and 0 <= alpha_scale < float('inf') and 0 <= alpha_constant <= 1):
-    common.fail(f'need rollout_steps >= 0, a finite alpha_scale >= 0, 0 <= alpha_constant <= 1 '
-                f'(got {rollout_steps}, {alpha_scale}, {alpha_constant})')
-if reference_ckpt and rollout_steps > 0:
-    common.fail('reference_ckpt is read only with rollout_steps=0 (the paper\'s recipe)')
-if rollout_plain and rollout_steps == 0:
-    common.fail('rollout_plain shapes the rollout: with --rollout_steps=0 set --rollout_plain=0')
-torch.manual_seed(seed)
-device, autocast = common.setup_device(device, dtype)
-rank, n_proc = common.world()
-common.check_grad_accum(grad_accum_steps, n_proc)
+common.check_train_config(config, stage=2)  # a bad setting is one line, before any work
+device, autocast, n_proc = common.setup(config)  # seed, device, torchrun's processes
 meta = load_dataset(dataset)
-
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
-if init_from == 'resume':
-    ckpt = load_checkpoint(ckpt_path, stage=2)
-    print(f"resuming {ckpt_path} at iteration {ckpt['iter_num']}")
-    reference_ckpt = reference_ckpt or ckpt['config']['reference_ckpt']
-else:
-    if os.path.isfile(ckpt_path) and not eval_only:
-        common.fail(f'{ckpt_path} exists and this run would replace it: continue it with '
-                    f'--init_from=resume, or train into a fresh --out_dir')
-    stage1 = load_checkpoint(init_from, stage=1, key='init_from')
-    ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])  # a fresh optimizer
-    reference_ckpt = reference_ckpt or init_from
-if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
-    common.fail(f"the target checkpoint was trained on another vocabulary than dataset '{dataset}'")
+ckpt = start_run(config, meta, 2)  # the target from init_from, or out_dir/ckpt.pt resumed
 model = build_model(ckpt['model_args'], ckpt['model']).to(device)
 mask_id, block_size = model.cfg.mask_id, model.cfg.block_size
-if rollout_steps > block_size:
-    common.fail(f'rollout_steps={rollout_steps}: a block of {block_size} tokens is decoded in at '
-                f'most {block_size} steps')
-if rollout_steps == 0:
-    config['reference_ckpt'] = reference_ckpt  # the one read: a resumed run reads it again
-    ref_ckpt = load_checkpoint(reference_ckpt, stage=1, key='reference_ckpt')
-    check_compatible(ref_ckpt, ckpt, f"reference_ckpt '{reference_ckpt}'", 'the target',
-                     keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
-    reference = build_model(ref_ckpt['model_args'], ref_ckpt['model']).to(device).eval()
-    reference.requires_grad_(False)
-    print(f'reference model: {reference.num_params() / 1e6:.2f}M parameters, frozen')
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device.type)
 if init_from == 'resume':
     optimizer.load_state_dict(ckpt['optimizer'])
-ckpt.update(config=config, meta=meta)
 batches = Batches(meta, model.cfg.seq_len, batch_size, device)
-on_cuda = compile and device.type == 'cuda'
-compiled = torch.compile(model) if on_cuda else model
-forward = compiled
-if n_proc > 1:
-    forward = DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
-if rollout_steps == 0:
-    reference_forward = torch.compile(reference) if on_cuda else reference
-residual = torch.compile(rcd.residual) if on_cuda else rcd.residual  # fuses its (b, L, V) passes
+compiled, forward = common.compile_and_wrap(model, compile, device, n_proc)
+fused = common.fused_on(device, compile)  # fused(f): f compiled on CUDA, f itself on a CPU
+if rollout_steps == 0:  # the paper: a frozen stage-1 model reads the same x_t
+    reference = load_reference(config['reference_ckpt'], ckpt, device)
 
 
 def batch_loss(forward, split, batch_seed):
@@ -162,66 +117,38 @@ def batch_loss(forward, split, batch_seed):
                                                        alpha_constant, alpha_scale)
     else:  # the paper: the frozen reference reads the same x_t and predicts its masked positions
         with torch.no_grad():  # no backpropagation through denoising steps
-            logits = reference_forward(x_t, x0)
+            logits = fused(reference)(x_t, x0)
         remasked = masked
     # the gradient reaches E through Δ = p E
-    delta = residual(logits, model.wte.weight, mask_id, remasked, alpha_mode, alpha_constant,
-                     alpha_scale)
+    delta = fused(rcd.residual)(logits, model.wte.weight, mask_id, remasked, alpha_mode,
+                                alpha_constant, alpha_scale)
     weights = loss_weights(masked, t, prompt_mask, loss_weighting)
     return forward(x_t, x0, delta, loss_weights=weights)
 
 
 # ------------------------------------------------------------------------------------------------
 # the training loop
-iter_num = start = ckpt.get('iter_num', 0)
-best_val_loss = ckpt.get('best_val_loss', float('inf'))
-tokens_per_iter = batch_size * grad_accum_steps * model.cfg.seq_len
-flops_per_iter = model.flops_per_sequence() * batch_size * grad_accum_steps
-log = common.RunLog(out_dir, start, max_iters, rank, tokens_per_iter, flops_per_iter, device,
-                    n_proc)
-log.say(common.run_summary(model, tokens_per_iter, device, n_proc, log.peak))
-if start >= max_iters and not eval_only:
-    log.say(f'note: the run starts at iteration {start}, max_iters={max_iters}: nothing to train')
-loss_sum = torch.zeros((), device=device)
+run = common.Run(config, ckpt, model, optimizer, device, n_proc)  # log, progress, MFU, saving
+iter_num = run.start
 while True:
     lr = common.lr_at(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
     for group in optimizer.param_groups:
         group['lr'] = lr
     if iter_num % eval_interval == 0 or iter_num == max_iters:
-        losses = common.estimate_loss(model, partial(batch_loss, compiled), eval_iters, autocast)
-        common.check_finite(losses, iter_num)
-        log.say(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        log.write(dict(iter=iter_num, train_loss=losses['train'], val_loss=losses['val']))
+        run.evaluate(iter_num, partial(batch_loss, compiled), autocast)  # saves a better model
         if eval_only:
             break
-        if iter_num > start and (losses['val'] < best_val_loss or always_save_checkpoint):
-            best_val_loss = min(best_val_loss, losses['val'])
-            if rank == 0:
-                ckpt.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            iter_num=iter_num, best_val_loss=best_val_loss)
-                save_checkpoint(ckpt, ckpt_path)
-                log.saved = iter_num
-                log.say(f'saved {ckpt_path}')
-        log.restart_clock(iter_num)  # eval is not training time
-        loss_sum = torch.zeros((), device=device)
     if iter_num >= max_iters:
         break
-    my_micros = range(rank, grad_accum_steps, n_proc)  # this rank's share of the micro-batches
-    for micro in my_micros:
-        if n_proc > 1:  # all-reduce the gradients once, after the last micro-batch
-            forward.require_backward_grad_sync = micro == my_micros[-1]
+    for batch_seed in run.micro_batches(forward, iter_num):  # this process's share of them
         with autocast:
-            batch_seed = common.micro_batch_seed(seed, iter_num, micro, grad_accum_steps)
-            loss = batch_loss(forward, 'train', batch_seed) / (grad_accum_steps // n_proc)
-        loss.backward()
-        loss_sum += loss.detach() / n_proc
+            loss = batch_loss(forward, 'train', batch_seed) / run.micro_batches_per_process
+        loss.backward()  # reaches E through the residual too (Δ = p E), never a rollout step
+        run.add_loss(loss)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
-    log.tick(iter_num)
-    if iter_num % log_interval == 0:
-        log.train(iter_num, common.sum_over_ranks(loss_sum), lr)  # loss, tokens/s, MFU
-        loss_sum = torch.zeros((), device=device)
-common.leave(forward, n_proc)
+    run.log(iter_num, lr)  # every log_interval: loss, tokens/s, MFU, time left
+run.leave(forward)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's result: RCD against equally trained baselines on the accuracy-vs-passes frontier.
 #   1. data (a data seed of its own), then stage 1, one model per training seed;
-#   2. stage 2 from each, same data and schedule, one arm each:
+#   2. stage 2 from each, same data and schedule, one arm each (config/<arm>.py):
 #        baseline       stage 1 continued (alpha = 0), STAGE2_ITERS iterations
 #        baseline_long  the same for LONG_ITERS iterations: the rollout arms' compute (a rollout
 #                       step costs 1.755 stage-1 steps: bench.py --sizes=sudoku, one H100)
@@ -65,21 +65,14 @@ for n in "$ITERS" "$LONG"; do  # checked before any work: a bad value must not s
     echo "STAGE2_ITERS and LONG_ITERS must be whole numbers >= $WARMUP, the warm-up (got $n)" >&2
     exit 2; }
 done
-arm_flags() {  # what each stage-2 arm trains with; rcd_onpolicy is train_stage2.py's default
-  local paper=(--rollout_steps=0 --rollout_plain=0 --alpha_scale=1.0)
-  local iters=(--max_iters="$ITERS" --lr_decay_iters="$ITERS")
-  local long=(--max_iters="$LONG" --lr_decay_iters="$LONG")
-  case $1 in
-    baseline) echo --alpha_mode=none "${paper[@]}" "${iters[@]}" ;;
-    baseline_long) echo --alpha_mode=none "${paper[@]}" "${long[@]}" ;;
-    rcd_paper) echo --alpha_mode=entropy "${paper[@]}" "${iters[@]}" ;;
-    rcd_paper_alpha025) echo --alpha_mode=entropy "${paper[@]}" --alpha_scale=0.25 "${iters[@]}" ;;
-    onpolicy) echo --alpha_mode=none --rollout_plain=0 "${iters[@]}" ;;
-    rcd_onpolicy) echo "${iters[@]}" ;;
-    *) echo "unknown arm '$1' (arms: baseline baseline_long rcd_paper rcd_paper_alpha025" \
-         "onpolicy rcd_onpolicy)" >&2
-       exit 2 ;;
-  esac
+arm_flags() {  # what each stage-2 arm trains with: its config file, then its schedule
+  local n=$ITERS
+  [ "$1" = baseline_long ] && n=$LONG
+  [ -f "config/$1.py" ] || {
+    echo "unknown arm '$1' (arms: baseline baseline_long rcd_paper rcd_paper_alpha025" \
+      "onpolicy rcd_onpolicy)" >&2
+    exit 2; }
+  echo "config/$1.py" --max_iters="$n" --lr_decay_iters="$n"
 }
 decode_flags() {  # RCD arms decode at their trained alpha scale and at 0 (the `_off` row)
   case $1 in
@@ -146,8 +139,8 @@ sweep() {  # sweep TASK ARM SEED SPLIT [INIT]: the arm's records over the menu, 
 }
 arm() {  # arm TASK ARM SEED: stage 2, then its val and test sweeps as soon as it is done
   # shellcheck disable=SC2046
-  train "$1" "$2_s$3" train_stage2.py "$1/s$3/$2" "${S2[@]}" --dataset="$1/data" --seed="$3" \
-    --init_from="$1/s$3/stage1/ckpt.pt" $(arm_flags "$2") || return 1
+  train "$1" "$2_s$3" train_stage2.py "$1/s$3/$2" $(arm_flags "$2") "${S2[@]}" \
+    --dataset="$1/data" --seed="$3" --init_from="$1/s$3/stage1/ckpt.pt" || return 1
   sweep "$1" "$2" "$3" val & sweep "$1" "$2" "$3" test &
   if [ "$2" = rcd_paper ]; then
     for f in ${FIRST_STEPS:-}; do

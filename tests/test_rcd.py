@@ -26,7 +26,7 @@ def test_residual_math_by_hand():
     logits = torch.tensor([[[math.log(0.5), math.log(0.25), math.log(0.25), 7.0],
                             [0.0, 0.0, 0.0, 0.0]]])
     before = logits.clone()
-    p = rcd.residual_probs(logits, MASK)
+    p = rcd.token_probs(logits, MASK)
     assert torch.allclose(p[0, 0], torch.tensor([0.5, 0.25, 0.25, 0.0]))
     # the caller's logits (the sampler reuses them) are left alone
     assert torch.equal(logits, before)
@@ -44,8 +44,6 @@ def test_residual_math_by_hand():
     # the second position is remasked too: uniform p, α = 1, so e = Δ = [2/3, 2/3]
     both = rcd.residual(logits, E, MASK, torch.tensor([[True, True]]), 'entropy')
     assert torch.allclose(both[0, 1], torch.tensor([2 / 3, 2 / 3]) - E[MASK])
-    with pytest.raises(ValueError, match="alpha_mode='l2'"):
-        rcd.residual_weight(p, 'l2')
 
 
 def test_residual_temperature_moves_alpha_not_the_soft_token():
@@ -64,8 +62,8 @@ def test_residual_temperature_moves_alpha_not_the_soft_token():
 
 
 def test_dirichlet_first_step_is_uniform_over_the_simplex():
-    logits = rcd.dirichlet_logits((20000, 4), MASK, torch.Generator().manual_seed(0))
-    p = rcd.residual_probs(logits, MASK)
+    logits = rcd.dirichlet_logits((20000, 4), torch.Generator().manual_seed(0))
+    p = rcd.token_probs(logits, MASK)
     assert torch.allclose(p.sum(-1), torch.ones(20000)) and (p[:, MASK] == 0).all()
     k = 3  # Dirichlet(1, 1, 1): each coordinate is Beta(1, 2), mean 1/3, variance 2/36
     assert torch.allclose(p[:, :k].mean(0), torch.full((k,), 1 / k), atol=0.01)
@@ -202,7 +200,7 @@ def stage2_args(tiny_reasoning, target, reference, out_dir):
     return ['train_stage2.py', *[a for a in TINY if not a.startswith(model_flags)], '--device=cpu',
             f'--dataset={tiny_reasoning}', f'--init_from={target}', f'--reference_ckpt={reference}',
             f'--out_dir={out_dir}', '--eval_interval=2', '--always_save_checkpoint=True',
-            '--rollout_steps=0', '--rollout_plain=0', '--alpha_scale=1']
+            '--rollout_steps=0', '--alpha_scale=1']  # the paper's recipe: no rollout, full α
 
 
 def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stage1_ckpts, tmp_path):
@@ -226,6 +224,15 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
         with open(os.path.join(d, 'log.jsonl')) as f:
             return {r['iter']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
     assert losses(full) == losses(part) and len(losses(full)) == 4
+    # as stage 1 does, with the same words: a resumed run keeps how it trains, and a fresh one (or
+    # an eval_only) never lands on a trained checkpoint
+    for extra, said in ((['--init_from=resume', '--alpha_scale=0.5'],
+                         'was trained with other settings: alpha_scale 0.5 (was 1.0)'),
+                        (['--init_from=resume', '--rollout_steps=2', '--reference_ckpt='],
+                         'was trained with other settings: rollout_steps 2 (was 0)'),
+                        (['--eval_only=True'], 'exists and this run would replace it')):
+        r = run_script(*args, '--max_iters=6', *extra)
+        assert r.returncode != 0 and said in r.stderr and 'Traceback' not in r.stderr, r.stderr
 
 
 def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_reads(

@@ -142,11 +142,10 @@ def test_exact_pass_counts_with_eos_in_the_middle_of_a_batch(use_cache):
 @pytest.mark.parametrize('temperature,want', [(0.5, [0.36, 0.09, 0.01]),
                                               (2.0, [0.6 ** 0.5, 0.3 ** 0.5, 0.1 ** 0.5])])
 def test_sampling_temperature_on_a_known_distribution(temperature, want):
-    from engine import step_functions
+    from model import token_probs
     from sample import Decoding, predict
-    probs_of = step_functions(torch.device('cpu'))[0]
     logits = torch.tensor([0.6, 0.3, 0.1, 1e-30]).log().expand(20000, 1, 4)  # token 3 is [MASK]
-    probs = probs_of(logits, 3, temperature)
+    probs = token_probs(logits, 3, temperature)
     pred, conf = predict(probs, torch.ones(20000, 1, dtype=torch.bool),
                          Decoding(temperature=temperature), torch.Generator().manual_seed(0))
     freq = torch.bincount(pred.flatten(), minlength=4).float() / 20000
