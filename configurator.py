@@ -14,8 +14,9 @@ import signal
 import sys
 
 
+# keys whose values are paths: a leading ~ is the home directory, as in a shell
 PATH_KEYS = ('out_dir', 'dataset', 'init_from', 'reference_ckpt', 'ckpt', 'records', 'report',
-             'plot', 'val')  # their values are paths: a leading ~ is the home directory, as in a shell
+             'plot', 'val')
 
 
 def _fail(msg):
@@ -53,8 +54,9 @@ def _run_file(path):
 
 def configure(config, keys, argv):
     """Apply config files and --key=value flags from argv to the dict `config` (a script's
-    globals), for `keys` only; returns the keys they set. Ctrl-C raises KeyboardInterrupt again from here: each script quits
-    at once on it while torch loads (an exception raised inside torch's import can abort)."""
+    globals), for `keys` only; returns the keys they set. Ctrl-C raises KeyboardInterrupt again
+    from here: each script quits at once on it while torch loads (an exception raised inside
+    torch's import can abort)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     defaults, told = {k: config[k] for k in keys}, set()
     if '--help' in argv or '-h' in argv:  # what the script does, then every key with its default

@@ -184,3 +184,30 @@ def test_threshold_rule_commits_a_confidence_exactly_at_the_threshold():
     commit = commit_rule(conf, masked, Decoding(threshold=0.5), 1)
     assert commit[0].tolist() == [True, False, True, False]  # 0.5 >= 0.5 commits, 0.4375 does not
     assert commit[1].tolist() == [True, False, False, False]  # none reaches it: the most confident
+
+
+def test_sample_decoding_and_eval_share_their_defaults_and_take_rcd_from_the_checkpoint(capsys):
+    """One source: sample.py's and eval.py's decoding settings default to Decoding's, and RCD's
+    settings a command line leaves alone come from how the checkpoint's model was trained."""
+    import dataclasses
+
+    import eval as evaluate
+    import sample
+    from engine import as_trained
+    from sample import Decoding
+    defaults = {f.name: f.default for f in dataclasses.fields(Decoding)}
+    assert {k: getattr(sample, k) for k in defaults} == defaults
+    shared = ('use_rcd', 'alpha_mode', 'alpha_constant')
+    assert {k: getattr(evaluate, k) for k in shared} == {k: defaults[k] for k in shared}
+    assert (evaluate.alpha_scales, evaluate.residual_temperatures) == ('', '1.0')
+    rcd_arm = dict(alpha_mode='confidence', alpha_constant=0.3, alpha_scale=0.25)
+    dec = as_trained(Decoding(threshold=0.9), rcd_arm, told={'threshold'})
+    assert (dec.use_rcd, dec.alpha_mode, dec.alpha_constant, dec.alpha_scale, dec.threshold) == \
+        (True, 'confidence', 0.3, 0.25, 0.9)
+    assert capsys.readouterr().out == ''
+    dec = as_trained(Decoding(alpha_scale=1.0), rcd_arm, told={'alpha_scale'})  # an ablation
+    assert dec.alpha_scale == 1.0 and dec.use_rcd
+    assert 'alpha_scale=1.0 is not how the model was trained (alpha_scale=0.25)' in \
+        capsys.readouterr().out
+    for trained in ({}, dict(rcd_arm, alpha_mode='none')):  # stage 1, an arm without residuals
+        assert not as_trained(Decoding(), trained, told=set()).use_rcd
