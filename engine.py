@@ -96,6 +96,16 @@ def as_trained(dec, trained, told):
     return dec
 
 
+def check_decoding(dec, reference_ckpt):
+    """A bad decoding setting is one clear line."""
+    problem = dec.problem()
+    if problem:
+        common.fail(problem)
+    if (dec.first_step == 'reference') != bool(reference_ckpt):
+        common.fail("first_step='reference' needs --reference_ckpt=PATH, and reference_ckpt "
+                    "needs it")
+
+
 def load_models(ckpt, reference_ckpt, dev):
     """(model, meta, tokenizer, reference or None, training config) from a checkpoint (and a
     reference one)."""

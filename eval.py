@@ -34,8 +34,8 @@ from tqdm import tqdm
 import common
 from configurator import configure_and_run
 from data.datasets import answer_of, is_right, load_problems
-from engine import as_trained, load_models
-from sample import Decoding, check_decoding, generate
+from engine import as_trained, check_decoding, load_models
+from sample import Decoding, generate
 
 # --------------------------------------------------------------------------------------------------
 ckpt = 'out/stage1/ckpt.pt'

@@ -215,16 +215,6 @@ def generate(model, prompt_ids, max_new_tokens, dec, eos_id=None, reference=None
 # --------------------------------------------------------------------------------------------------
 # The command line: load, decode the first test problems (or a prompt), say which are right
 
-def check_decoding(dec, reference_ckpt):
-    """A bad decoding setting is one clear line."""
-    problem = dec.problem()
-    if problem:
-        common.fail(problem)
-    if (dec.first_step == 'reference') != bool(reference_ckpt):
-        common.fail("first_step='reference' needs --reference_ckpt=PATH, and reference_ckpt "
-                    "needs it")
-
-
 def main(told):
     if not (1 <= num_samples <= 1000 and max_new_tokens >= 0 and 0 <= seed < 2**32):
         common.fail(f'need 1 <= num_samples <= 1000, max_new_tokens >= 0 and 0 <= seed < 2**32 '
@@ -235,7 +225,7 @@ def main(told):
     dec = Decoding(tokens_per_step, threshold, temperature, use_rcd, alpha_mode, alpha_constant,
                    alpha_scale, residual_temperature, first_step)
     dec = engine.as_trained(dec, trained, told)  # RCD's settings the checkpoint's, unless told
-    check_decoding(dec, reference_ckpt)
+    engine.check_decoding(dec, reference_ckpt)  # a bad setting is one line
     rule = f'threshold {threshold}' if threshold > 0 else f'{tokens_per_step} tokens/step'
     if dec.use_rcd:
         rule += f', RCD alpha={dec.alpha_mode} x {dec.alpha_scale}, first step {first_step}'
