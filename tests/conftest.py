@@ -41,13 +41,22 @@ def tiny_ckpt(tiny_reasoning, tmp_path_factory):
 TEST_SECONDS = 60  # a test past this fails at once: no bug can hang the suite (CI: 2 CPU cores)
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'seconds(n): the wall-time limit of a test that starts many '
+                                       'processes, instead of TEST_SECONDS')
+
+
 @pytest.fixture(autouse=True)
 def time_limit(request):
-    """Each test (not the session's shared fixtures) gets TEST_SECONDS of wall time."""
+    """Each test (not the session's shared fixtures) gets TEST_SECONDS of wall time, or what its
+    `seconds` mark says."""
+    mark = request.node.get_closest_marker('seconds')
+    limit = mark.args[0] if mark else TEST_SECONDS
+
     def stop(signum, frame):
-        raise TimeoutError(f'{request.node.nodeid} ran past {TEST_SECONDS} s')
+        raise TimeoutError(f'{request.node.nodeid} ran past {limit} s')
     old = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(TEST_SECONDS)
+    signal.alarm(limit)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)

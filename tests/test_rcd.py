@@ -11,7 +11,7 @@ import torch
 
 import rcd
 import checkpoint
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, run_in_process, run_script
 from model import BlockDiffusionLM, ModelConfig
 from conftest import decode
 
@@ -203,7 +203,8 @@ def stage2_args(tiny_reasoning, target, reference, out_dir):
             '--rollout_steps=0', '--alpha_scale=1']  # the paper's recipe: no rollout, full α
 
 
-def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stage1_ckpts, tmp_path):
+def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stage1_ckpts, tmp_path,
+                                                            monkeypatch, capsys):
     target, small_ref = stage1_ckpts
     full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
     # a reference smaller than the target
@@ -231,8 +232,8 @@ def test_stage2_updates_the_target_only_and_resumes_exactly(tiny_reasoning, stag
                         (['--init_from=resume', '--rollout_steps=2', '--reference_ckpt='],
                          'was trained with other settings: rollout_steps 2 (was 0)'),
                         (['--eval_only=True'], 'exists and this run would replace it')):
-        r = run_script(*args, '--max_iters=6', *extra)
-        assert r.returncode != 0 and said in r.stderr and 'Traceback' not in r.stderr, r.stderr
+        code, out = run_in_process([*args, '--max_iters=6', *extra], monkeypatch, capsys)
+        assert code != 0 and said in out and 'Traceback' not in out, out
 
 
 def test_stage2_reference_stays_frozen_and_its_predictions_are_what_the_target_reads(

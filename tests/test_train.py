@@ -192,6 +192,7 @@ def assert_same_losses(a, b):
                 assert abs(x[key] - y[key]) < 1e-4 * abs(x[key]), (key, x, y)
 
 
+@pytest.mark.seconds(120)  # seven runs, three of them two processes each: about a minute on 2 cores
 def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
     """torchrun with 2 processes (gloo on CPU) and grad_accum_steps=2 sees the same micro-batches as
     one process, in stage 1 and in stage 2: the logged losses agree to float rounding, and only rank
