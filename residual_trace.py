@@ -27,7 +27,7 @@ import engine
 import rcd
 from configurator import configure_and_run
 from data.datasets import dataset_dir
-from model import add_noise
+from model import add_noise, token_probs
 from sample import Decoding, generate
 
 # --------------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ class Tally:
 
 def fed(logits, answer, train):
     """(α as the model is fed it, whether the residual's top token is the answer) per position."""
-    probs = rcd.token_probs(logits, train['mask_id'])
+    probs = token_probs(logits, train['mask_id'])
     alpha = train['alpha_scale'] * rcd.residual_weight(probs, train['alpha_mode'],
                                                        train['alpha_constant'])
     return alpha.clamp(max=1.0), probs.argmax(-1) == answer
@@ -148,12 +148,14 @@ def trace_decoding(model, reference, train, x0, prompt_len, dec, tallies, genera
 
 
 def val_rows(meta, n):
-    """The first n val rows (x0) and their prompt length (every row's, a row dataset's)."""
+    """The first n val rows (x0) and their prompt length, which every row must share (sudoku)."""
     path = os.path.join(dataset_dir(meta['dataset']), 'val.bin')
     data = np.memmap(path, dtype=np.uint16, mode='r')
     x0 = torch.from_numpy(data.reshape(-1, meta['row_len'])[:n].astype(np.int64))
-    prompt_len = int((x0[0] == meta['prompt_sep_id']).nonzero()[0]) + 1
-    return x0, prompt_len
+    prompt_lens = (x0 == meta['prompt_sep_id']).int().argmax(1) + 1
+    if (prompt_lens != prompt_lens[0]).any():
+        common.fail('residual_trace.py reads a dataset whose prompts share one length (sudoku)')
+    return x0, int(prompt_lens[0])
 
 
 def main(told):
@@ -164,7 +166,7 @@ def main(told):
     if config['rollout_steps'] == 0 and reference is None:
         common.fail('this checkpoint trained on a frozen reference: give it as --reference_ckpt')
     if 'row_len' not in meta or not 1 <= n_problems:
-        common.fail('residual_trace.py reads a row dataset (sudoku, reasoning), n_problems >= 1')
+        common.fail('residual_trace.py reads a row dataset (sudoku), n_problems >= 1')
     train = dict(config, mask_id=model.cfg.mask_id)
     x0_all, prompt_len = val_rows(meta, n_problems)
     rules = [Decoding(tokens_per_step=int(k)) for k in tokens_per_step_grid.split(',') if k]
