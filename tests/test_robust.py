@@ -33,17 +33,19 @@ def test_a_diverging_run_stops_and_never_replaces_a_good_checkpoint(tiny_reasoni
     assert (os.path.getmtime(path), checkpoint.load_checkpoint(path)['iter_num']) == good
 
 
-def test_training_again_into_a_trained_out_dir_is_refused(tiny_reasoning, tmp_path):
+def test_training_again_into_a_trained_out_dir_is_refused(tiny_reasoning, tmp_path, monkeypatch,
+                                                         capsys):
     out = str(tmp_path / 'run')
     r = run_script(*stage1_args(tiny_reasoning, out, '--max_iters=2', '--eval_interval=2'))
     assert r.returncode == 0
     before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
-    r = run_script(*stage1_args(tiny_reasoning, out, '--max_iters=2', '--eval_interval=2'))
-    assert r.returncode != 0 and '--init_from=resume' in r.stderr and 'fresh --out_dir' in r.stderr
+    code, said = run_in_process(stage1_args(tiny_reasoning, out, '--max_iters=2',
+                                            '--eval_interval=2'), monkeypatch, capsys)
+    assert code != 0 and '--init_from=resume' in said and 'fresh --out_dir' in said
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
 
 
-def test_corrupted_checkpoint_and_stale_files(tiny_reasoning, tmp_path):
+def test_corrupted_checkpoint_and_stale_files(tiny_reasoning, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / 'run')
     args = ['--eval_interval=2', '--always_save_checkpoint=True', '--lr_decay_iters=4']
     assert run_script(*stage1_args(tiny_reasoning, out, '--max_iters=2', *args)).returncode == 0
@@ -67,8 +69,9 @@ def test_corrupted_checkpoint_and_stale_files(tiny_reasoning, tmp_path):
     tensor_bytes = data.find(b'data/0') + 2000
     data[tensor_bytes:tensor_bytes + 100] = bytes(100)
     open(path, 'wb').write(bytes(data))
-    r = run_script('sample.py', f'--ckpt={path}', '--device=cpu')
-    assert r.returncode != 0 and 'is corrupted' in r.stderr and 'Traceback' not in r.stderr
+    code, said = run_in_process(['sample.py', f'--ckpt={path}', '--device=cpu'], monkeypatch,
+                                capsys)
+    assert code != 0 and 'is corrupted' in said and 'Traceback' not in said
 
 
 @pytest.mark.parametrize('args,message', [

@@ -14,7 +14,7 @@ import torch
 import checkpoint
 import common
 from data import datasets
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, run_in_process, run_script
 
 
 def read_log(out_dir):
@@ -119,12 +119,11 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     assert want in str(e.value)
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, monkeypatch, capsys):
     bad = tmp_path / 'ckpt.pt'
     bad.write_bytes(b'not a checkpoint')
-    r = run_script('sample.py', f'--ckpt={bad}', '--device=cpu')
-    assert r.returncode != 0 and 'is not a readable checkpoint' in r.stderr
-    assert 'Traceback' not in r.stderr
+    code, said = run_in_process(['sample.py', f'--ckpt={bad}', '--device=cpu'], monkeypatch, capsys)
+    assert code != 0 and 'is not a readable checkpoint' in said and 'Traceback' not in said
 
 
 def test_reasoning_data_is_what_the_loader_expects(tiny_reasoning):
@@ -193,7 +192,7 @@ def assert_same_losses(a, b):
 
 
 @pytest.mark.seconds(120)  # seven runs, three of them two processes each: about a minute on 2 cores
-def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
+def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path, monkeypatch, capsys):
     """torchrun with 2 processes (gloo on CPU) and grad_accum_steps=2 sees the same micro-batches as
     one process, in stage 1 and in stage 2: the logged losses agree to float rounding, and only rank
     0 writes. Stage 2's rollout commits tokens by threshold, which turns the rounding of the
@@ -204,8 +203,9 @@ def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
               '--warmup_iters=2', f'--dataset={tiny_reasoning}', '--max_iters=4',
               '--eval_interval=4', '--grad_accum_steps=2']
     stage1 = [*TINY, *common, '--seq_len=64']
-    r = run_script('train_stage1.py', *stage1, f'--out_dir={tmp_path / "one"}')
-    assert r.returncode == 0, r.stderr
+    code, said = run_in_process(['train_stage1.py', *stage1, f'--out_dir={tmp_path / "one"}'],
+                                monkeypatch, capsys)  # one process: this one
+    assert code == 0, said
     r = run_script(*torchrun, 'train_stage1.py', *stage1, f'--out_dir={tmp_path / "two"}')
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count('config:') == 1 and 'x 2 processes' in r.stdout
@@ -213,8 +213,9 @@ def test_two_process_ddp_matches_one_process(tiny_reasoning, tmp_path):
     ckpt = tmp_path / 'one' / 'ckpt.pt'
     stage2 = [*common, f'--init_from={ckpt}']  # the paper's reference: the same checkpoint
     for name, flags in (('default', []), ('paper', ['--rollout_steps=0', '--rollout_plain=0'])):
-        r = run_script('train_stage2.py', *stage2, *flags, f'--out_dir={tmp_path / name / "one"}')
-        assert r.returncode == 0, r.stderr
+        code, said = run_in_process(['train_stage2.py', *stage2, *flags,
+                                     f'--out_dir={tmp_path / name / "one"}'], monkeypatch, capsys)
+        assert code == 0, said
         r = run_script(*torchrun, 'train_stage2.py', *stage2, *flags,
                        f'--out_dir={tmp_path / name / "two"}')
         assert r.returncode == 0, r.stdout + r.stderr
