@@ -106,10 +106,10 @@ def fused_on(device, compile=True):
 def compile_and_wrap(model, compile, device, n_proc):
     """(compiled, forward): the model through torch.compile on CUDA, and that wrapped in DDP under
     torchrun (what the training steps call)."""
-    compiled = fused_on(device, compile)(model)
+    fast = fused_on(device, compile)(model)
     if n_proc == 1:
-        return compiled, compiled
-    return compiled, DDP(compiled, device_ids=[device.index] if device.type == 'cuda' else None)
+        return fast, fast
+    return fast, DDP(fast, device_ids=[device.index] if device.type == 'cuda' else None)
 
 
 def world():
@@ -232,6 +232,7 @@ class Run:
         self.start = self.iter_num = self.saved = ckpt.get('iter_num', 0)
         self.best_val_loss = ckpt.get('best_val_loss', float('inf'))
         self.path = os.path.join(c['out_dir'], 'log.jsonl')
+        self.ckpt_path = os.path.join(c['out_dir'], 'ckpt.pt')
         self.micro_batches_per_process = c['grad_accum_steps'] // n_proc
         self.tokens_per_iter = c['batch_size'] * c['grad_accum_steps'] * model.cfg.seq_len
         self.flops_per_iter = model.flops_per_sequence() * c['batch_size'] * c['grad_accum_steps']
@@ -313,7 +314,7 @@ class Run:
 
     def interrupted(self, signum, frame):
         """Ctrl-C or SIGTERM: one line with where the run stopped and how to continue it."""
-        ckpt = os.path.join(self.c['out_dir'], 'ckpt.pt')
+        ckpt = self.ckpt_path
         if self.saved > 0 and os.path.isfile(ckpt):
             args = ' '.join(a for a in sys.argv[1:] if not a.startswith('--init_from='))
             raise SystemExit(f'stopped at iteration {self.iter_num}; the last checkpoint is '
@@ -337,10 +338,9 @@ class Run:
                 self.ckpt.update(model=self.model.state_dict(),
                                  optimizer=self.optimizer.state_dict(), iter_num=iter_num,
                                  best_val_loss=self.best_val_loss)
-                path = os.path.join(c['out_dir'], 'ckpt.pt')
-                checkpoint.save_checkpoint(self.ckpt, path)
+                checkpoint.save_checkpoint(self.ckpt, self.ckpt_path)
                 self.saved = iter_num
-                self.say(f'saved {path}')
+                self.say(f'saved {self.ckpt_path}')
         self.restart_clock(iter_num)  # eval is not training time
 
     def micro_batches(self, forward, iter_num):

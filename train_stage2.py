@@ -51,7 +51,8 @@ rollout_steps = 4            # > 0: the rows take state and residual from 0..rol
                              # alpha_mode='none' the states only: the control without residuals;
                              # 0: the paper's frozen reference on the same x_t
 rollout_plain = 0.5          # share of rollout rows that read no residual, as the control's rows
-                             # do: the model also learns decoding's states without one (README)
+                             # do: the model also learns decoding's states without one (README);
+                             # read only with rollout_steps > 0
 # noise and loss (as stage 1)
 mask_rate_min = 0.0          # a block's masking rate t: uniform in (mask_rate_min, mask_rate_max]
 mask_rate_max = 1.0
