@@ -60,6 +60,8 @@ plot = ''                    # test records: draw each row's frontier (with --va
 val = ''                     # the val records each row's settings are chosen on
 budgets = '3,4,5,6,7,8,9,10,11,12'  # the AUF's budgets: mean forward passes per answer
 references = 'baseline,baseline_long,onpolicy'  # rows the others are paired with, where present
+differences = 'rcd_onpolicy-onpolicy,rcd_onpolicy_off-onpolicy,rcd_onpolicy-rcd_onpolicy_off'
+                             # --plot: these differences (row-reference) per budget, where present
 device = 'auto'
 dtype = 'auto'
 seed = 1337
@@ -257,14 +259,41 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-def interval(xs, over):
-    """'mean [95% interval]' in points: t over seeds, normal over items."""
+def bounds(xs, over):
+    """(mean, low, high): the 95% interval of the mean, t over seeds, normal over items (none,
+    low = high = mean, for one value)."""
     m = mean(xs)
     if len(xs) < 2:
-        return f'{100 * m:+.1f}'
+        return m, m, m
     q = T_975[min(len(xs), 10) - 2] if over == 'seeds' else 1.96
     half = q * math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-    return f'{100 * m:+.1f} [{100 * (m - half):+.1f}, {100 * (m + half):+.1f}]'
+    return m, m - half, m + half
+
+
+def interval(xs, over):
+    """'mean [95% interval]' in points."""
+    m, low, high = bounds(xs, over)
+    if len(xs) < 2:
+        return f'{100 * m:+.1f}'
+    return f'{100 * m:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]'
+
+
+def budget_differences(front, a, b, budgets):
+    """Per budget, the per-seed differences row a − row b (same seeds, same items)."""
+    both = [s for r, s in front if r == a and (b, s) in front]
+    return [[mean(frontier_scores(*front[a, s], [x])) - mean(frontier_scores(*front[b, s], [x]))
+             for s in both] for x in budgets]
+
+
+def budget_table(front, pairs, budgets):
+    """The paired differences at each budget: where along the frontier a row gains or loses."""
+    text = ['', '## Paired differences per budget (passes): mean over seeds [t interval]', '',
+            '| row − reference | ' + ' | '.join(f'{x:g}' for x in budgets) + ' |',
+            '|---|' + '---|' * len(budgets)]
+    for a, b in pairs:
+        cells = [interval(d, 'seeds') for d in budget_differences(front, a, b, budgets)]
+        text.append(f"| {a} − {b} | {' | '.join(cells)} |")
+    return text
 
 
 def report_text(test_rows, val_rows, budgets, references):
@@ -308,6 +337,7 @@ def report_text(test_rows, val_rows, budgets, references):
         text.append(f"| {a} − {b} | {interval([mean(d) for d in diffs], 'seeds')} | "
                     f"{'; '.join(interval(d, 'items') for d in diffs)} | "
                     f"{'; '.join(interval(d, 'items') for d in ones)} |")
+    text += budget_table(front, pairs, budgets)
     for ref in refs:
         text += ['', f"## The paper's claim: passes to reach {ref}'s best {split} accuracy",
                  '', f'| row | seed: passes ({ref} → row) |', '|---|---|']
@@ -323,9 +353,10 @@ def report_text(test_rows, val_rows, budgets, references):
     return '\n'.join(text)
 
 
-def draw(test_path, val_path, budgets):
+def draw(test_path, val_path, budgets, pairs):
     """Each row's frontier: test accuracy of the mixture chosen on val at each budget, mean over
-    seeds; written to a PNG beside the test records."""
+    seeds; beside it, each pair of rows present (row, reference) as its difference per budget with
+    its 95% interval over seeds as a band. Written to a PNG beside the test records."""
     front = frontiers(read_records(test_path), read_records(val_path, 'val'), budgets)
     try:
         import matplotlib
@@ -334,8 +365,11 @@ def draw(test_path, val_path, budgets):
     except ImportError:
         common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain '
                     'JSON lines')
+    pairs = [(a, b) for a, b in pairs if (a, b) in {(r, q) for r, _ in front for q, _ in front}]
     xs = [budgets[0] + i * (budgets[-1] - budgets[0]) / 100 for i in range(101)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 1 + bool(pairs), figsize=(7 + 5 * bool(pairs), 4.5),
+                             squeeze=False)
+    ax = axes[0, 0]
     for row in dict.fromkeys(row for row, _ in front):
         mine = [(v, t) for (r, _), (v, t) in front.items() if r == row]
         ys = [100 * mean([mean(frontier_scores(v, t, [x])) for v, t in mine]) for x in xs]
@@ -344,6 +378,18 @@ def draw(test_path, val_path, budgets):
     ax.set_ylabel('exact-answer accuracy on test (%)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    for a, b in pairs:
+        band = [bounds(d, 'seeds') for d in budget_differences(front, a, b, budgets)]
+        ys = [100 * m for m, _, _ in band]
+        line = axes[0, 1].plot(budgets, ys, 'o-', ms=3, label=f'{a} − {b}')[0]
+        axes[0, 1].fill_between(budgets, [100 * lo for _, lo, _ in band],
+                                [100 * hi for _, _, hi in band], color=line.get_color(), alpha=0.2)
+    if pairs:
+        axes[0, 1].axhline(0, color='k', lw=0.8)
+        axes[0, 1].set_xlabel('budget: mean forward passes per answer')
+        axes[0, 1].set_ylabel('row − reference, test accuracy (points; 95% over seeds)')
+        axes[0, 1].grid(alpha=0.3)
+        axes[0, 1].legend(fontsize=8)
     png = os.path.splitext(test_path)[0] + '.png'
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -370,7 +416,8 @@ def main(told):
         if os.path.abspath(val) == os.path.abspath(report or plot):
             print('note: scored on the val records themselves: for choosing, not for reporting')
         if plot:
-            return draw(plot, val, budget_list)
+            pairs = [tuple(pair.split('-', 1)) for pair in differences.split(',') if pair]
+            return draw(plot, val, budget_list, pairs)
         return print(report_text(read_records(report), read_records(val, 'val'), budget_list,
                                  references.split(',')))
     sweep(told)

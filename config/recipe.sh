@@ -23,6 +23,9 @@
 #   bash config/recipe.sh gpu                     # the protocol: hard 5 seeds, easy 3 seeds
 #   EASY_SEEDS= HARD_SEEDS="1 2" bash config/recipe.sh gpu   # the hard task alone, 2 seeds
 #   bash config/recipe.sh cpu                     # 2 CPU cores: a toy of the same pipeline
+# One 55-blank seed took 535-572 s and two side by side 942-1012 s on one H100 or H200: the 8 seeds
+# need about an hour on one GPU. Run them in parts in one clone and read the parts' records,
+# concatenated, with eval.py --report --val.
 # Knobs (environment): HARD_SEEDS ["1 2 3 4 5" gpu, "" cpu], EASY_SEEDS ["1 2 3" gpu, "1" cpu],
 # DATA_SEED [2026], ARMS [all five], STAGE1_ITERS [2500], STAGE2_ITERS [1000], LONG_ITERS [1755],
 # GPUS [the GPUs nvidia-smi lists, gpu; 0, cpu], JOBS [8 per GPU, gpu; 1, cpu], RUN_DIR,

@@ -97,7 +97,8 @@ def test_report_and_plot_from_records(tiny_ckpt, tmp_path, monkeypatch, capsys):
                                 f'--val={val}'], monkeypatch, capsys)
     assert code != 0 and 'line 1: not an eval.py record (items: a string of 0s and 1s' in out
     pytest.importorskip('matplotlib')
-    code, out = run_in_process(['eval.py', f'--plot={test}', f'--val={val}'], monkeypatch, capsys)
+    code, out = run_in_process(['eval.py', f'--plot={test}', f'--val={val}',
+                                '--differences=rcd-baseline,rcd-rcd_off'], monkeypatch, capsys)
     assert code == 0 and os.path.getsize(tmp_path / 'test.png') > 1000, out
 
 

@@ -441,38 +441,3 @@ def test_rollout_from_a_noised_state_by_hand():
     # masked over noisable: 1 of 3 (the prompt is not), 2 of 4
     assert t[0].tolist() == pytest.approx([1 / 3] * 4 + [0.5] * 4)
     assert not model.deltas[0].any()  # the first step from a given state still reads no residual
-
-
-@pytest.mark.parametrize('recipe', [['--rollout_steps=0'], []])  # the paper's, the rollout's
-def test_residual_trace_records_the_residual_of_training_and_of_decoding(recipe, tmp_path,
-                                                                         monkeypatch, capsys):
-    data, out = tmp_path / 'data', tmp_path / 'run'
-    assert run_script('data/sudoku4/prepare.py', '--n_train=400', '--n_val=16', '--n_test=4',
-                      f'--out_dir={data}').returncode == 0
-    small = ['--device=cpu', '--n_layer=1', '--n_head=2', '--n_embd=16', '--batch_size=8',
-             '--max_iters=2', '--eval_interval=2', '--eval_iters=1', f'--dataset={data}']
-    code, said = run_in_process(['train_stage1.py', *small, '--seq_len=40', '--block_size=20',
-                                 f'--out_dir={out / "s1"}'], monkeypatch, capsys)
-    assert code == 0, said
-    stage1 = out / 's1' / 'ckpt.pt'
-    code, said = run_in_process(['train_stage2.py', *[a for a in small if '--n_' not in a],
-                                 f'--init_from={stage1}', f'--out_dir={out / "s2"}', *recipe],
-                                monkeypatch, capsys)
-    assert code == 0, said
-    reference = [f'--reference_ckpt={stage1}'] if recipe else []
-    code, said = run_in_process(['residual_trace.py', f'--ckpt={out / "s2" / "ckpt.pt"}',
-                                 *reference, '--device=cpu', '--n_problems=16', '--batch_size=8',
-                                 f'--records={tmp_path / "trace.jsonl"}'], monkeypatch, capsys)
-    assert code == 0, said
-    with open(tmp_path / 'trace.jsonl') as f:
-        records = [json.loads(line) for line in f]
-    sources = [(r['source'], r['rule']) for r in records]
-    decoded = ('decoding', 'reference_on_decoding')[:1 + bool(recipe)]  # the paper's: both
-    rules = ('1 tokens/step', '8 tokens/step', 'threshold 0.9')
-    assert sources == [('training', 'stage 2')] + [(s, rule) for rule in rules for s in decoded]
-    for r in records:
-        assert r['n'] == sum(b['n'] for b in r['bins'])
-        assert r['n'] == sum(sum(b['alpha_hist']) for b in r['bins'])
-        assert 0 <= r['mean_alpha'] <= 1 and 0 <= r['top_right'] <= 1
-    # 1 token per step: every masked position but the last reads a residual, 19 + ... + 1 of 20
-    assert records[1]['n'] == 16 * sum(range(1, 20))

@@ -211,3 +211,48 @@ def test_sample_decoding_and_eval_share_their_defaults_and_take_rcd_from_the_che
         capsys.readouterr().out
     for trained in ({}, dict(rcd_arm, alpha_mode='none')):  # stage 1, an arm without residuals
         assert not as_trained(Decoding(), trained, told=set()).use_rcd
+
+
+@pytest.mark.seconds(90)
+def test_the_picture_draws_each_step_of_the_decoding_it_traced(tmp_path, monkeypatch, capsys):
+    """picture.py on the CPU toy (4x4 Sudoku, a stage-1 model and an RCD model): its steps are
+    the sampler's own, every cell committed once, α only where a residual is read."""
+    from conftest import run_in_process, run_script
+    import engine
+    import picture
+    from data.datasets import load_problems
+    from sample import Decoding, generate
+    data, out = tmp_path / 'data', tmp_path / 'run'
+    assert run_script('data/sudoku4/prepare.py', '--n_train=400', '--n_val=8', '--n_test=4',
+                      f'--out_dir={data}').returncode == 0
+    small = ['--device=cpu', '--batch_size=8', '--max_iters=2', '--eval_interval=2',
+             '--eval_iters=1', f'--dataset={data}']
+    code, said = run_in_process(['train_stage1.py', *small, '--n_layer=1', '--n_head=2',
+                                 '--n_embd=16', '--seq_len=40', '--block_size=20',
+                                 f'--out_dir={out / "s1"}'], monkeypatch, capsys)
+    assert code == 0, said
+    code, said = run_in_process(['train_stage2.py', *small, f'--init_from={out / "s1/ckpt.pt"}',
+                                 f'--out_dir={out / "s2"}'], monkeypatch, capsys)
+    assert code == 0, said
+    for ckpt, reads in ((out / 's1/ckpt.pt', False), (out / 's2/ckpt.pt', True)):
+        model, meta, tok, _, trained = engine.load_models(str(ckpt), '', torch.device('cpu'))
+        dec = engine.as_trained(Decoding(tokens_per_step=4), trained, set())
+        question, solution = load_problems(meta, 'test')[0]
+        ids = torch.tensor([tok.encode(question)])
+        frames = picture.grid_steps(model, dec, ids, tok.encode(solution), meta['eos_id'])
+        assert len(frames) == 5  # 20 tokens of the answer's block, 4 per step
+        states = [[state for _, state, _ in frame] for frame in frames]
+        assert 'masked' not in states[-1]
+        firsts = [sum(s[k] in ('new', 'wrong') for s in states) for k in range(16)]
+        assert firsts == [1] * 16  # each cell committed at exactly one step
+        out_ids, _ = generate(model, ids, 17, dec, meta['eos_id'])
+        assert [t for t, _, _ in frames[-1]] == out_ids[0, 20:36].tolist()  # the sampler's answer
+        alphas = [a for frame in frames for _, state, a in frame if state == 'masked']
+        assert alphas and all((a is not None) == reads for a in alphas)
+        assert not reads or all(0 <= a <= dec.alpha_scale for a in alphas)
+    pytest.importorskip('matplotlib')
+    png = tmp_path / 'picture.png'
+    code, said = run_in_process(['picture.py', f'--ckpts={out / "s1/ckpt.pt"},{out / "s2/ckpt.pt"}',
+                                 '--device=cpu', '--tokens_per_step=4', f'--png={png}'],
+                                monkeypatch, capsys)
+    assert code == 0 and png.stat().st_size > 10_000, said

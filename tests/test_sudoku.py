@@ -141,6 +141,23 @@ def test_the_hull_mixes_two_neighbouring_settings_by_hand():
     assert passes_to_reach(val, test, 1.01) is None
 
 
+def test_the_paired_difference_at_each_budget_by_hand():
+    # two settings on every row's hull: 2 passes (τ 0.5) and 4 passes (τ 0.99); budget 2 runs
+    # the first alone, budget 4 the second
+    test_items = {('a', 1): ('1100', '1111'), ('ref', 1): ('1000', '1110'),
+                  ('a', 2): ('1110', '1111'), ('ref', 2): ('1000', '1111')}
+    val, test = [], []
+    for (label, seed), items in test_items.items():
+        for tau, passes, acc, it in ((0.5, 2.0, 0.5, items[0]), (0.99, 4.0, 0.9, items[1])):
+            val.append(record(label, 'val', tau, acc, passes, seed=seed))
+            test.append(record(label, 'test', tau, it.count('1') / 4, passes, it, seed=seed))
+    # a − ref: budget 2, +1/4 (seed 1) and +2/4 (seed 2); budget 4, +1/4 and 0. Two seeds:
+    # t 12.706 × sd 0.1768 / sqrt(2) = 158.8 points either side
+    text = report_text(test, val, [2.0, 4.0], ['ref'])
+    assert '| a − ref | +37.5 [-121.3, +196.3] | +12.5 [-146.3, +171.3] |' in text, text
+    assert '| row − reference | 2 | 4 |' in text
+
+
 def test_rcd_knobs_are_chosen_once_per_seed_on_val_and_the_residual_off_is_its_own_row():
     on = dict(use_rcd=True, first_step='zero')
     val, test = [], []
