@@ -78,15 +78,6 @@ def load_checkpoint(path, stage=None, key='checkpoint'):
     return ckpt
 
 
-def check_compatible(ckpt_a, ckpt_b, name_a, name_b, keys=('vocab_size', 'mask_id', 'block_size')):
-    """Models that hand residuals to each other must share the vocabulary, the [MASK] id and the
-    block size."""
-    a, b = ckpt_a['model_args'], ckpt_b['model_args']
-    diffs = [f'{k} {a[k]} vs {b[k]}' for k in keys if a[k] != b[k]]
-    if diffs:
-        common.fail(f"{name_a} and {name_b} are incompatible checkpoints ({'; '.join(diffs)})")
-
-
 def build_model(model_args, state_dict=None):
     """A BlockDiffusionLM from its arguments (and weights); a bad architecture is a clear error."""
     try:
@@ -146,10 +137,15 @@ def start_run(c, meta, stage, model_args=None):
 
 def load_reference(path, target, device):
     """The paper's frozen reference: a stage-1 model (eval mode, no gradients) that shares the
-    target's vocabulary, [MASK] id, block size and context."""
+    target's vocabulary, [MASK] id, block size and context, as it hands the target residuals (stage
+    2) or a block's first step (decoding)."""
     ref = load_checkpoint(path, stage=1, key='reference_ckpt')
-    check_compatible(ref, target, f"reference_ckpt '{path}'", 'the target',
-                     keys=('vocab_size', 'mask_id', 'block_size', 'seq_len'))
+    a, b = ref['model_args'], target['model_args']
+    keys = ('vocab_size', 'mask_id', 'block_size', 'seq_len')
+    diffs = [f'{k} {a[k]} vs {b[k]}' for k in keys if a[k] != b[k]]
+    if diffs:
+        common.fail(f"reference_ckpt '{path}' and the target are incompatible checkpoints "
+                    f"({'; '.join(diffs)})")
     reference = build_model(ref['model_args'], ref['model']).to(device).eval()
     reference.requires_grad_(False)
     print(f'reference model: {reference.num_params() / 1e6:.2f}M parameters, frozen')

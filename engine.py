@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 import common
-from checkpoint import build_model, check_compatible, load_checkpoint
+from checkpoint import build_model, load_checkpoint, load_reference
 from data.tokenizer import Tokenizer
 from model import KVCache
 
@@ -111,9 +111,5 @@ def load_models(ckpt, reference_ckpt, dev):
     reference one)."""
     state = load_checkpoint(ckpt, key='ckpt')
     model = build_model(state['model_args'], state['model']).to(dev).eval()
-    reference = None
-    if reference_ckpt:
-        ref_state = load_checkpoint(reference_ckpt, key='reference_ckpt')
-        check_compatible(ref_state, state, 'reference_ckpt', 'ckpt')
-        reference = build_model(ref_state['model_args'], ref_state['model']).to(dev).eval()
+    reference = load_reference(reference_ckpt, state, dev) if reference_ckpt else None
     return model, state['meta'], Tokenizer(state['meta']), reference, state.get('config', {})
