@@ -106,17 +106,18 @@ def batch_loss(forward, split, batch_seed):
     """One RCD training step's loss: every row reads residuals (α = 0 with alpha_mode='none'),
     but for the rollout rows that rollout_plain leaves plain."""
     x0, prompt_mask, gen = batches.get(split, batch_seed)
-    x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min, mask_rate_max,
-                               gen)
-    if alpha_mode == 'none' and rollout_steps == 0:  # no residual, no rollout: stage 1's loss
-        return forward(x_t, x0, loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
     if rollout_steps > 0:  # the README's result: decoding's own states and residuals
         start, steps, threshold, reads = rcd.rollout_rows(x0, prompt_mask, mask_id, rollout_steps,
                                                           rollout_plain, gen)
         x_t, masked, t, logits, remasked = rcd.rollout(compiled, x0, start, prompt_mask, steps,
                                                        threshold, reads, alpha_mode,
                                                        alpha_constant, alpha_scale)
-    else:  # the paper: the frozen reference reads the same x_t and predicts its masked positions
+    else:  # the paper: stage 1's noise, and the frozen reference reads the same x_t
+        x_t, masked, t = add_noise(x0, prompt_mask, block_size, mask_id, mask_rate_min,
+                                   mask_rate_max, gen)
+        if alpha_mode == 'none':  # no residual, no rollout: stage 1's loss
+            return forward(x_t, x0,
+                           loss_weights=loss_weights(masked, t, prompt_mask, loss_weighting))
         with torch.no_grad():  # no backpropagation through denoising steps
             logits = fused(reference)(x_t, x0)
         remasked = masked
