@@ -6,8 +6,8 @@ the next step (no shade: a model decoded without residuals). Each model decodes 
 (its checkpoint's RCD settings), with a cold first step. Beside the grids, from stored records: the
 α that stage 2 trained RCD models on against the α decoding fed them, on the same val puzzles.
 
-    python picture.py --ckpts=out/onpolicy/ckpt.pt,out/rcd_onpolicy/ckpt.pt   # the README's
-    python picture.py --alpha_records=        # the CPU quick start's two models, no α panel
+    python picture.py        # the README's: the CPU quick start's onpolicy and RCD models
+    python picture.py --ckpts=out/onpolicy/ckpt.pt,out/rcd_onpolicy/ckpt.pt --alpha_records=
 Needs matplotlib; reads a Sudoku dataset (sudoku, sudoku4).
 """
 import json
@@ -29,10 +29,10 @@ from model import token_probs
 from sample import Decoding, generate
 
 # --------------------------------------------------------------------------------------------------
-ckpts = 'out/quick_cpu/ckpt.pt,out/quick_cpu_stage2/ckpt.pt'  # the models, one row each
+ckpts = 'out/quick_onpolicy/ckpt.pt,out/quick_cpu_stage2/ckpt.pt'  # the models, one row each
 labels = ''                  # a name per model ('' = each checkpoint's directory)
 puzzle = 0                   # which test puzzle (its index in the test split)
-tokens_per_step = 16         # the commit rule: tokens per step, or
+tokens_per_step = 8          # the commit rule: tokens per step, or
 threshold = 0.0              # > 0: every position whose top probability reaches it
 alpha_records = 'results/residual_trace.jsonl'  # the α panel's records ('' = no panel)
 alpha_rule = '8 tokens/step'  # the decoding rule of the α panel
@@ -93,8 +93,8 @@ def grid_steps(model, dec, prompt_ids, solution, eos_id):
 
 
 def draw_grid(ax, frame, itos, clues, shade, title):
-    """One step's grid: commits green (right) or red (wrong), the puzzle's clues in grey, masked
-    cells with their top candidate in small grey type on their α's shade."""
+    """One step's grid: commits green (right) or red (wrong), the puzzle's clues in light grey,
+    masked cells with their top candidate in small type on their α's shade (grey: no residual)."""
     from matplotlib.patches import Rectangle
     n = math.isqrt(len(frame))
     colour = dict(new='#b8e6b8', wrong='#f4a6a6', done='white')  # masked: grey, or α's shade
@@ -102,9 +102,10 @@ def draw_grid(ax, frame, itos, clues, shade, title):
         r, c = divmod(k, n)
         face = colour.get(state) or ('#e4e4e4' if alpha is None else shade(alpha))
         ax.add_patch(Rectangle((c, n - 1 - r), 1, 1, facecolor=face, edgecolor='#cccccc'))
-        small, grey = state == 'masked', state == 'masked' or k in clues
+        small = state == 'masked'
         ax.text(c + 0.5, n - 0.5 - r, itos[token], ha='center', va='center',
-                fontsize=5 if small else 7, color='#888888' if grey else 'black')
+                fontsize=5 if small else 7, color='#999999' if k in clues and not small else
+                '#444444' if small else 'black')
     box = math.isqrt(n)
     for k in range(0, n + 1, box):  # the boxes' borders
         ax.plot([0, n], [k, k], 'k', lw=1)
@@ -131,7 +132,7 @@ def draw_alphas(ax, path, rule):
     ax.set_yscale('log')
     ax.set_xlabel('α fed with the residual', fontsize=7)
     ax.set_ylabel('share of residual-reading positions', fontsize=7)
-    ax.set_title(f'α: stage 2 trained on vs decoding fed ({rule})', fontsize=8)
+    ax.set_title(f'α: stage 2 trained on vs decoding fed ({rule})\n{path}', fontsize=8)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6)
 
