@@ -1,4 +1,4 @@
-# Stage 2 after the CPU quick start (config/quick_cpu.py): the README's RCD arm, about a minute.
+# Stage 2 after the CPU quick start (config/quick_cpu.py): the README's RCD arm, about 90 s.
 out_dir = 'out/quick_cpu_stage2'
 dataset = 'sudoku4'
 init_from = 'out/quick_cpu/ckpt.pt'
