@@ -365,7 +365,8 @@ def draw(test_path, val_path, budgets, pairs):
     except ImportError:
         common.fail('the plot needs matplotlib (pip install matplotlib); the records are plain '
                     'JSON lines')
-    pairs = [(a, b) for a, b in pairs if (a, b) in {(r, q) for r, _ in front for q, _ in front}]
+    rows = {row for row, _ in front}
+    pairs = [(a, b) for a, b in pairs if a in rows and b in rows]
     xs = [budgets[0] + i * (budgets[-1] - budgets[0]) / 100 for i in range(101)]
     fig, axes = plt.subplots(1, 1 + bool(pairs), figsize=(7 + 5 * bool(pairs), 4.5),
                              squeeze=False)
