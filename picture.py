@@ -83,7 +83,7 @@ def grid_steps(model, dec, prompt_ids, solution, eos_id):
         for i in range(cells.start, cells.stop):
             right = int(after[0, i]) == solution[i - cells.start]
             if after[0, i] == mask_id:
-                frame.append((int(top[0, i]), 'masked', alpha and alpha[0][i]))
+                frame.append((int(top[0, i]), 'masked', None if alpha is None else alpha[0][i]))
             elif before[0, i] == mask_id:
                 frame.append((int(after[0, i]), 'new' if right else 'wrong', None))
             else:
