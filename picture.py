@@ -39,7 +39,6 @@ alpha_rule = '8 tokens/step'  # the decoding rule of the α panel
 png = 'out/decoding_picture.png'
 device = 'auto'
 dtype = 'auto'
-seed = 1337
 # --------------------------------------------------------------------------------------------------
 
 
@@ -194,7 +193,6 @@ def main(told):
         question, solution = problems[puzzle]
         dec = engine.as_trained(Decoding(tokens_per_step, threshold), trained, told)
         engine.check_decoding(dec, '')
-        torch.manual_seed(seed)
         ids = torch.tensor([tok.encode(question)], device=dev)
         with autocast:
             frames = grid_steps(model, dec, ids, tok.encode(solution), meta['eos_id'])
