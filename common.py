@@ -77,8 +77,9 @@ def check_rcd_config(c):
             and 0 <= c['alpha_constant'] <= 1):
         fail(f"need rollout_steps >= 0, a finite alpha_scale >= 0, 0 <= alpha_constant <= 1 "
              f"(got {c['rollout_steps']}, {c['alpha_scale']}, {c['alpha_constant']})")
-    if c['reference_ckpt'] and c['rollout_steps'] > 0:
-        fail("reference_ckpt is read only with rollout_steps=0 (the paper's recipe)")
+    if c['reference_ckpt'] and (c['rollout_steps'] > 0 or c['alpha_mode'] == 'none'):
+        fail("reference_ckpt is read only with rollout_steps=0 and a residual "
+             "(the paper's recipe)")
 
 
 def setup(c):

@@ -40,7 +40,8 @@ from model import add_noise, loss_weights
 out_dir = 'out/stage2'
 init_from = 'out/stage1/ckpt.pt'       # a stage-1 checkpoint to start the target from, or 'resume'
 reference_ckpt = ''          # the frozen stage-1 model of the paper's recipe (read only with
-                             # rollout_steps=0); '' = the checkpoint the target starts from
+                             # rollout_steps=0 and a residual); '' = the checkpoint the target
+                             # starts from
 dataset = 'sudoku'
 # residuals; the defaults are the README's RCD arm (rcd_onpolicy)
 alpha_mode = 'entropy'       # 'entropy' (paper), 'confidence', 'constant' (its Fig. 5), 'none'
