@@ -298,7 +298,7 @@ def test_stage2_step_sees_the_residual(tiny_reasoning, stage1_ckpts, tmp_path):
     first = {}
     for mode, alpha in (('none', 0.5), ('constant', 0.5), ('constant', 0.0)):
         out = str(tmp_path / f'{mode}_{alpha}')
-        r = run_script(*stage2_args(tiny_reasoning, target, target, out), '--max_iters=1',
+        r = run_script(*stage2_args(tiny_reasoning, target, '', out), '--max_iters=1',
                        f'--alpha_mode={mode}', f'--alpha_constant={alpha}')
         assert r.returncode == 0, r.stderr
         with open(os.path.join(out, 'log.jsonl')) as f:
