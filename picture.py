@@ -75,8 +75,8 @@ def grid_steps(model, dec, prompt_ids, solution, eos_id):
     frames = []
     for (before, logits), after in zip(steps, blocks):
         probs = token_probs(logits, mask_id, dec.residual_temperature)
-        alpha = rcd.residual_weight(probs, dec.alpha_mode, dec.alpha_constant) * dec.alpha_scale
-        alpha = alpha.clamp(max=1.0).tolist() if dec.use_rcd else None  # None: plain [MASK]
+        alpha = rcd.residual_weight(probs, dec.alpha_mode, dec.alpha_constant, dec.alpha_scale)
+        alpha = alpha.tolist() if dec.use_rcd else None  # None: plain [MASK]
         top = probs.argmax(-1)
         frame = []
         for i in range(cells.start, cells.stop):

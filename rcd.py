@@ -24,20 +24,22 @@ from model import token_probs
 ALPHA_MODES = ('entropy', 'confidence', 'constant', 'none')  # the paper's Fig. 5 ablation, + none
 
 
-def residual_weight(probs, mode, constant=0.5):
-    """α_i of each position, by `mode`:
-    'entropy'     α = H(p) / log V, V the tokens p can put mass on (all but [MASK]): the paper;
-    'confidence'  α = max_v p(v);
-    'constant'    α = constant;
-    'none'        α = 0: no residual at all, exactly the plain sampler."""
+def residual_weight(probs, mode, constant=0.5, scale=1.0):
+    """α_i of each position: scale × the weight of `mode`, capped at 1:
+    'entropy'     H(p) / log V, V the tokens p can put mass on (all but [MASK]): the paper;
+    'confidence'  max_v p(v);
+    'constant'    constant;
+    'none'        0: no residual at all, exactly the plain sampler."""
     if mode == 'entropy':
         support = probs.shape[-1] - 1  # [MASK] has probability 0
-        return torch.special.entr(probs).sum(-1) / math.log(support)
-    if mode == 'confidence':
-        return probs.amax(-1)
-    if mode == 'constant':
-        return torch.full(probs.shape[:-1], float(constant), device=probs.device)
-    return torch.zeros(probs.shape[:-1], device=probs.device)  # 'none'; modes are checked before
+        weight = torch.special.entr(probs).sum(-1) / math.log(support)
+    elif mode == 'confidence':
+        weight = probs.amax(-1)
+    elif mode == 'constant':
+        weight = torch.full(probs.shape[:-1], float(constant), device=probs.device)
+    else:  # 'none'; modes are checked before
+        weight = torch.zeros(probs.shape[:-1], device=probs.device)
+    return (scale * weight).clamp(max=1.0)
 
 
 def residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0,
@@ -49,8 +51,7 @@ def residual(logits, embedding, mask_id, remasked, mode, constant=0.5, scale=1.0
     softmax(logits / T_res) while Δ keeps the untempered p."""
     probs = token_probs(logits, mask_id)
     tempered = probs if temperature == 1.0 else token_probs(logits, mask_id, temperature)
-    alpha = (scale * residual_weight(tempered, mode, constant)).clamp(max=1.0)[..., None]
-    alpha = alpha.to(embedding.dtype)
+    alpha = residual_weight(tempered, mode, constant, scale)[..., None].to(embedding.dtype)
     delta_soft = probs.to(embedding.dtype) @ embedding  # Eq. 1: Δ = p E
     e = (1 - alpha) * embedding[mask_id] + alpha * delta_soft  # Eq. 2
     return (e - embedding[mask_id]) * remasked[..., None].to(e.dtype)

@@ -36,6 +36,9 @@ def test_residual_math_by_hand():
     assert torch.allclose(rcd.residual_weight(p, 'confidence'), torch.tensor([[0.5, 1 / 3]]))
     assert torch.allclose(rcd.residual_weight(p, 'constant', 0.3), torch.tensor([[0.3, 0.3]]))
     assert torch.equal(rcd.residual_weight(p, 'none'), torch.zeros(1, 2))
+    assert torch.allclose(rcd.residual_weight(p, 'constant', 0.3, scale=0.5),
+                          torch.tensor([[0.15, 0.15]]))
+    assert torch.equal(rcd.residual_weight(p, 'constant', 0.3, scale=4.0), torch.ones(1, 2))
     # Δ = p E = 0.5·[1,0] + 0.25·[0,1] + 0.25·[1,1] = [0.75, 0.5]; e = (1 - α)·E[MASK] + α·Δ
     a = h / math.log(3)
     e0 = (1 - a) * torch.tensor([-1.0, -1.0]) + a * torch.tensor([0.75, 0.5])
