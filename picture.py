@@ -94,6 +94,7 @@ def grid_steps(model, dec, prompt_ids, solution, eos_id):
 def draw_grid(ax, frame, itos, clues, shade, title):
     """One step's grid: commits green (right) or red (wrong), the puzzle's clues in light grey,
     masked cells with their top candidate in small type on their α's shade (grey: no residual)."""
+    from matplotlib.colors import to_rgb
     from matplotlib.patches import Rectangle
     n = math.isqrt(len(frame))
     colour = dict(new='#b8e6b8', wrong='#f4a6a6', done='white')  # masked: grey, or α's shade
@@ -101,10 +102,12 @@ def draw_grid(ax, frame, itos, clues, shade, title):
         r, c = divmod(k, n)
         face = colour.get(state) or ('#e4e4e4' if alpha is None else shade(alpha))
         ax.add_patch(Rectangle((c, n - 1 - r), 1, 1, facecolor=face, edgecolor='#cccccc'))
-        small = state == 'masked'
+        if state == 'masked':  # a candidate: small type, light on a deep shade
+            ink = 'white' if sum(to_rgb(face)) < 1.5 else '#444444'
+        else:
+            ink = '#999999' if k in clues else 'black'
         ax.text(c + 0.5, n - 0.5 - r, itos[token], ha='center', va='center',
-                fontsize=5 if small else 7, color='#999999' if k in clues and not small else
-                '#444444' if small else 'black')
+                fontsize=5 if state == 'masked' else 7, color=ink)
     box = math.isqrt(n)
     for k in range(0, n + 1, box):  # the boxes' borders
         ax.plot([0, n], [k, k], 'k', lw=1)
