@@ -100,8 +100,8 @@ def start_run(c, meta, stage, model_args=None):
     """The checkpoint a training run starts from, holding its config: out_dir/ckpt.pt with
     init_from='resume', else a fresh one (stage 1: model_args, new weights; stage 2: the target
     from the stage-1 checkpoint init_from). A fresh run never replaces a trained checkpoint; a
-    resumed one keeps its settings. Stage 2's reference_ckpt '' becomes the checkpoint the target
-    started from."""
+    resumed one keeps its settings. In the paper's recipe stage 2's reference_ckpt '' becomes the
+    checkpoint the target started from."""
     path = os.path.join(c['out_dir'], 'ckpt.pt')
     if c['init_from'] == 'resume':
         ckpt = load_checkpoint(path, stage=stage)
@@ -122,7 +122,7 @@ def start_run(c, meta, stage, model_args=None):
         if stage == 2:
             stage1 = load_checkpoint(c['init_from'], stage=1, key='init_from')
             ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])
-            if c['rollout_steps'] == 0:
+            if c['rollout_steps'] == 0 and c['alpha_mode'] != 'none':  # the paper's recipe
                 c['reference_ckpt'] = c['reference_ckpt'] or c['init_from']
     if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
         common.fail(f"the checkpoint was trained on another vocabulary than dataset "
