@@ -6,8 +6,9 @@ the next step (no shade: a model decoded without residuals). Each model decodes 
 (its checkpoint's RCD settings), with a cold first step. Beside the grids, from stored records: the
 α that stage 2 trained RCD models on against the α decoding fed them, on the same val puzzles.
 
-    python picture.py        # the README's: the CPU quick start's onpolicy and RCD models
-    python picture.py --ckpts=out/onpolicy/ckpt.pt,out/rcd_onpolicy/ckpt.pt --alpha_records=
+    python picture.py        # the CPU quick start's onpolicy and RCD models, first 4x4 puzzle
+    S=out/recipe_gpu/hard/s1 # the README's: the recipe's seed 1, hard test puzzle 0, 3 passes
+    python picture.py --tokens_per_step=32 --ckpts=$S/onpolicy/ckpt.pt,$S/rcd_onpolicy/ckpt.pt
 Needs matplotlib; reads a Sudoku dataset (sudoku, sudoku4).
 """
 import json
