@@ -122,7 +122,7 @@ def start_run(c, meta, stage, model_args=None):
         if stage == 2:
             stage1 = load_checkpoint(c['init_from'], stage=1, key='init_from')
             ckpt = dict(model_args=stage1['model_args'], model=stage1['model'])
-            if c['rollout_steps'] == 0 and c['alpha_mode'] != 'none':  # the paper's recipe
+            if common.reads_reference(c):
                 c['reference_ckpt'] = c['reference_ckpt'] or c['init_from']
     if ckpt['model_args']['vocab_size'] != meta['vocab_size']:
         common.fail(f"the checkpoint was trained on another vocabulary than dataset "

@@ -67,6 +67,12 @@ def check_train_config(c, stage):
         fail(f"dropout={c['dropout']} must be in [0, 1)")
 
 
+def reads_reference(c):
+    """Whether stage 2 runs the paper's recipe: no rollout and a residual, read by a frozen
+    stage-1 reference on the same x_t."""
+    return c['rollout_steps'] == 0 and c['alpha_mode'] != 'none'
+
+
 def check_rcd_config(c):
     """Stage 2's own settings: the residual and where its rows come from."""
     if c['alpha_mode'] not in ALPHA_MODES:
@@ -77,7 +83,7 @@ def check_rcd_config(c):
             and 0 <= c['alpha_constant'] <= 1):
         fail(f"need rollout_steps >= 0, a finite alpha_scale >= 0, 0 <= alpha_constant <= 1 "
              f"(got {c['rollout_steps']}, {c['alpha_scale']}, {c['alpha_constant']})")
-    if c['reference_ckpt'] and (c['rollout_steps'] > 0 or c['alpha_mode'] == 'none'):
+    if c['reference_ckpt'] and not reads_reference(c):
         fail("reference_ckpt is read only with rollout_steps=0 and a residual "
              "(the paper's recipe)")
 

@@ -99,7 +99,7 @@ if init_from == 'resume':
 batches = Batches(meta, model.cfg.seq_len, batch_size, device)
 compiled, forward = common.compile_and_wrap(model, compile, device, n_proc)
 fused = common.fused_on(device, compile)  # fused(f): f compiled on CUDA, f itself on a CPU
-if rollout_steps == 0 and alpha_mode != 'none':  # the paper: a frozen model reads the same x_t
+if common.reads_reference(config):  # the paper: no rollout, a frozen model reads the same x_t
     reference = load_reference(config['reference_ckpt'], ckpt, device)
 
 
